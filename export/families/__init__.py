@@ -1,0 +1,32 @@
+"""One recipe per model family, chosen by one dispatch on the checkpoint's architecture.
+
+A recipe module exposes `export(ctx: ExportContext) -> None`, filling `ctx.manifest` and writing
+graphs into `ctx.out_dir`, and `load_reference(folder)` returning the torch model the parity check
+compares against. Adding a family means adding one file here and one line to FAMILIES.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+from mmedge.errors import UnsupportedModelError
+
+# architecture (config.json "architectures"[0]) -> recipe module
+FAMILIES = {
+    "LlamaForCausalLM": "llm",
+    "Qwen2ForCausalLM": "llm",
+    "MistralForCausalLM": "llm",
+    "LlavaForConditionalGeneration": "llava",
+}
+
+
+def recipe_for(config: dict[str, Any]) -> ModuleType:
+    archs = config.get("architectures") or []
+    arch = archs[0] if archs else config.get("model_type", "unknown")
+    if arch not in FAMILIES:
+        supported = ", ".join(sorted(FAMILIES))
+        raise UnsupportedModelError(f"mmedge cannot export {arch} yet. Supported architectures: "
+                                    f"{supported}.")
+    return importlib.import_module(f"{__name__}.{FAMILIES[arch]}")

@@ -1,0 +1,87 @@
+"""LLaVA: a CLIP or SigLIP vision tower + MLP projector + a Llama, Qwen2 or Mistral text model
+(`LlavaForConditionalGeneration`, e.g. llava-hf/llava-1.5-7b-hf).
+
+Bundle: `vision.onnx` (tower + projector, honouring the config's vision_feature_layer and
+vision_feature_select_strategy), `embed.onnx` + `decoder.onnx` for the text model (split out of
+the checkpoint into a plain causal-LM folder for the decoder builder), and the image
+preprocessing of the checkpoint's image processor.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mmedge.errors import ExportError
+
+from ..context import ExportContext
+from ..language_model import export_language_model
+from ..preprocessing import image_spec_from_hf
+from ..vision import export_vision, quantize_vision, vision_parity
+
+VISION_FILE = "vision.onnx"
+
+
+def load_reference(folder: Path):
+    from transformers import LlavaForConditionalGeneration
+
+    return LlavaForConditionalGeneration.from_pretrained(str(folder), dtype="float32",
+                                                         trust_remote_code=False).eval()
+
+
+def _split_text_model(model, target: Path, tokenizer_folder: Path) -> Path:
+    """Save LLaVA's text model + LM head as a standalone causal-LM folder."""
+    from transformers import AutoModelForCausalLM
+
+    causal = AutoModelForCausalLM.from_config(model.config.text_config)
+    causal.model.load_state_dict(model.model.language_model.state_dict())
+    causal.lm_head.load_state_dict(model.lm_head.state_dict())
+    causal.config.architectures = [type(causal).__name__]
+    target.mkdir(parents=True, exist_ok=True)
+    causal.save_pretrained(str(target))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "generation_config.json", "added_tokens.json"):
+        if (tokenizer_folder / name).exists():
+            (target / name).write_bytes((tokenizer_folder / name).read_bytes())
+    return target
+
+
+def export(ctx: ExportContext) -> None:
+    model = ctx.reference
+    folder = ctx.source.folder
+    config = ctx.source.config
+    ctx.manifest["family"] = "llava"
+
+    ctx.step("vision graph")
+    vision_path = ctx.out_dir / VISION_FILE
+    vision = export_vision(model, vision_path)
+    if ctx.vision_precision != "fp32":
+        fp32_path = ctx.workdir / VISION_FILE
+        vision_path.replace(fp32_path)
+        quantize_vision(fp32_path, vision_path, ctx.vision_precision)
+    ctx.manifest.setdefault("components", {})["vision"] = {
+        "file": VISION_FILE, "precision": ctx.vision_precision,
+        "inputs": vision["inputs"], "outputs": vision["outputs"]}
+    ctx.manifest.setdefault("quantization", {})["vision"] = ctx.vision_precision
+
+    preprocessor_path = folder / "preprocessor_config.json"
+    if not preprocessor_path.exists():
+        raise ExportError(f"{folder} has no preprocessor_config.json; the image preprocessing "
+                          f"cannot be known.")
+    image = image_spec_from_hf(json.loads(preprocessor_path.read_text()), config["vision_config"])
+    image_token_id = config.get("image_token_id", config.get("image_token_index"))
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    image["image_token_id"] = int(image_token_id)
+    image["image_token"] = tokenizer.convert_ids_to_tokens(int(image_token_id))
+    image["num_image_tokens"] = vision["num_image_tokens"]
+    ctx.manifest["image"] = image
+
+    lm_folder = _split_text_model(model, ctx.workdir / "text-model", folder)
+    export_language_model(ctx, lm_folder, model, model.config.text_config.to_dict())
+
+
+def check_vision(ctx: ExportContext, pixel_values) -> dict:
+    """Vision graph vs transformers' get_image_features on the same pixels."""
+    return vision_parity(ctx.reference, ctx.out_dir / VISION_FILE, pixel_values)

@@ -1,0 +1,52 @@
+"""The language-model half every bundle shares: decoder graph, embedding graph, text section.
+
+Family recipes hand it an HF causal-LM folder (for LLaVA, the text model split out of the
+checkpoint) and the torch model whose input embeddings become `embed.onnx`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mmedge.errors import UnsupportedModelError
+
+from .context import ExportContext
+from .decoder import build_decoder
+from .embed import build_embed
+from .text_spec import build_text_spec
+
+SUPPORTED_TEXT_MODELS = ("llama", "qwen2", "mistral")
+
+
+def export_language_model(ctx: ExportContext, lm_folder: Path, causal_lm: Any,
+                          text_config: dict[str, Any]) -> None:
+    model_type = text_config.get("model_type")
+    if model_type not in SUPPORTED_TEXT_MODELS:
+        raise UnsupportedModelError(f"The text model is '{model_type}'; mmedge supports "
+                                    f"{', '.join(SUPPORTED_TEXT_MODELS)}.")
+    ctx.step("decoder graph")
+    decoder = build_decoder(lm_folder, ctx.out_dir, ctx.precision)
+    ctx.step("embedding graph")
+    table = causal_lm.get_input_embeddings().weight.detach().float().numpy()
+    head = causal_lm.get_output_embeddings().weight.detach().float().numpy()
+    tied = head.shape == table.shape and bool((head == table).all())
+    embed = build_embed(ctx.out_dir, table, ctx.precision, tied)
+    ctx.manifest.setdefault("components", {}).update({"embed": embed, "decoder": decoder})
+    heads = text_config["num_attention_heads"]
+    hidden = text_config["hidden_size"]
+    ctx.manifest["decoder"] = {
+        "model_type": model_type,
+        "num_layers": text_config["num_hidden_layers"],
+        "num_attention_heads": heads,
+        "num_kv_heads": text_config.get("num_key_value_heads") or heads,
+        "head_dim": text_config.get("head_dim") or hidden // heads,
+        "hidden_size": hidden,
+        "vocab_size": table.shape[0],
+        "tied_embeddings": tied,
+        "kv_cache": "shared past/present buffer (GroupQueryAttention)",
+    }
+    ctx.manifest.setdefault("quantization", {})["decoder"] = ctx.precision
+    ctx.manifest["quantization"]["embed"] = embed["storage"]
+    ctx.manifest["text"] = build_text_spec(ctx.source.folder, ctx.out_dir, ctx.source.config,
+                                           text_config)

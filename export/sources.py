@@ -1,0 +1,106 @@
+"""Where a model comes from: a Hugging Face hub id, a local HF folder, or a GGUF file.
+
+Every source is turned into a local HF folder (config.json, safetensors weights, tokenizer files)
+that the family recipes read. A GGUF file is dequantized by transformers into fp32 and written
+out as such a folder, so the rest of the exporter (and its torch reference) sees an ordinary
+checkpoint. Remote code is never enabled, and pickled checkpoints (`*.bin`, `*.pt`) are refused:
+only safetensors are read.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mmedge.errors import ExportError, UnsupportedModelError
+
+# Files a snapshot needs; weights only as safetensors.
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.txt"]
+
+
+@dataclass
+class Source:
+    folder: Path              # local HF folder
+    config: dict[str, Any]
+    description: str          # what the user passed, for the manifest
+
+
+def resolve(model: str, workdir: Path) -> Source:
+    """Turn MODEL (hub id, folder, or .gguf file) into a local HF folder under `workdir`."""
+    path = Path(model).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise ExportError(f"GGUF file {path} does not exist.")
+        folder = gguf_to_folder(path, workdir / "from-gguf")
+        return Source(folder, _read_config(folder), f"gguf:{path.name}")
+    if path.exists():
+        if not path.is_dir():
+            raise ExportError(f"{path} is neither a folder with config.json nor a .gguf file.")
+        return Source(path, _read_config(path), str(path))
+    if model.count("/") == 1 and not model.startswith((".", "/")):
+        folder = _download(model, workdir / "hub")
+        return Source(folder, _read_config(folder), f"hf:{model}")
+    raise ExportError(f"'{model}' is not a local folder, a .gguf file, or a Hugging Face hub id "
+                      f"(owner/name).")
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    config_path = folder / "config.json"
+    if not config_path.exists():
+        raise ExportError(f"{folder} has no config.json; point at a Hugging Face model folder "
+                          f"(config.json + *.safetensors + tokenizer files) or a .gguf file.")
+    config = json.loads(config_path.read_text())
+    if config.get("auto_map"):
+        # We never run a repository's own Python code; say so rather than silently ignoring it.
+        archs = config.get("architectures") or ["?"]
+        raise UnsupportedModelError(
+            f"{folder} defines its model in custom code ({archs[0]}, auto_map); mmedge does not run "
+            f"remote code. Use a checkpoint of a standard transformers architecture.")
+    if not list(folder.glob("*.safetensors")):
+        if list(folder.glob("*.bin")) or list(folder.glob("*.pt")):
+            raise ExportError(f"{folder} has only pickled weights (*.bin/*.pt), which mmedge does not "
+                              f"load. Convert them to safetensors first.")
+        raise ExportError(f"{folder} has no *.safetensors weights.")
+    return config
+
+
+def _download(repo_id: str, target: Path) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover - comes with transformers
+        raise ExportError("huggingface_hub is needed to download models: "
+                          "pip install 'mmedge[export]'") from None
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS,
+                                      local_dir=str(target / repo_id.replace("/", "--"))))
+    except Exception as e:  # network, auth, missing repo: all end the same way for the user
+        raise ExportError(f"Could not download '{repo_id}' from the Hugging Face Hub ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}). If you are offline, "
+                          f"pass a local folder or a .gguf file instead.") from None
+
+
+def gguf_to_folder(gguf: Path, target: Path) -> Path:
+    """Dequantize a GGUF checkpoint into an fp32 HF folder (weights, config, tokenizer with its
+    chat template)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except (ValueError, KeyError, NotImplementedError) as e:
+        raise UnsupportedModelError(f"transformers cannot read {gguf.name}: {e}") from None
+    # A GGUF-loaded model is flagged as quantized and refuses save_pretrained; rebuild a plain one
+    # from its config and the dequantized fp32 weights.
+    config_dict = model.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config_dict["architectures"] = [type(model).__name__]
+    config = AutoConfig.for_model(**{k: v for k, v in config_dict.items() if k != "model_type"},
+                                  model_type=config_dict["model_type"])
+    plain = type(model)(config)
+    plain.load_state_dict(model.state_dict())
+    target.mkdir(parents=True, exist_ok=True)
+    plain.save_pretrained(str(target))
+    tokenizer.save_pretrained(str(target))
+    return target

@@ -1,0 +1,69 @@
+"""`mmedge info`: what a bundle holds (graphs, shapes, precision, checksums, parity at export)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .bundle import open_bundle
+from .errors import BundleError
+
+
+def bundle_info(root: str | Path) -> dict[str, Any]:
+    """The manifest's essentials plus whether every file still matches its checksum."""
+    try:
+        bundle = open_bundle(root, verify=True)
+        verified, problem = True, None
+    except BundleError as e:
+        # Show what we can of a damaged bundle, and say what is wrong with it.
+        bundle = open_bundle(root, verify=False)
+        verified, problem = False, str(e)
+    m = bundle.manifest
+    return {
+        "bundle": str(bundle.root), "format_version": m["format_version"], "family": m["family"],
+        "source": m.get("exporter", {}).get("source"), "mmedge": m.get("exporter", {}).get("mmedge"),
+        "quantization": m.get("quantization", {}),
+        "components": {name: {"file": c["file"], "precision": c.get("precision"),
+                              "inputs": c["inputs"], "outputs": c["outputs"]}
+                       for name, c in m["components"].items()},
+        "image": m.get("image"), "decoder": m.get("decoder"),
+        "context_length": m["text"]["context_length"],
+        "files": m["files"], "verified": verified, "problem": problem,
+        "parity": m.get("exporter", {}).get("parity"),
+    }
+
+
+def _shape(io: dict[str, Any]) -> str:
+    return f"{io['name']} {io['dtype']}[{', '.join(str(d) for d in io['shape'])}]"
+
+
+def format_info(info: dict[str, Any]) -> str:
+    lines = [f"bundle     {info['bundle']}",
+             f"family     {info['family']}   (format {info['format_version']}, exported by mmedge "
+             f"{info['mmedge']} from {info['source']})",
+             f"context    {info['context_length']} tokens",
+             "precision  " + ", ".join(f"{k} {v}" for k, v in info["quantization"].items())]
+    if info["image"]:
+        im = info["image"]
+        lines.append(f"image      {im['processor']} preprocessing to {im['image_size'][0]}x"
+                     f"{im['image_size'][1]}, {im['num_image_tokens']} tokens per image "
+                     f"({im['image_token']})")
+    lines.append("graphs")
+    for name, comp in info["components"].items():
+        ins = comp["inputs"]
+        shown = ins if len(ins) <= 4 else ins[:3] + [{"name": f"... {len(ins) - 3} more", "dtype": "",
+                                                       "shape": []}]
+        lines.append(f"  {name:<8} {comp['file']} ({comp['precision']})")
+        lines.append("           in:  " + "; ".join(_shape(i) for i in shown))
+        lines.append("           out: " + "; ".join(_shape(o) for o in comp["outputs"][:2])
+                     + (f"; ... {len(comp['outputs']) - 2} more" if len(comp["outputs"]) > 2 else ""))
+    lines.append("files")
+    for rel, f in info["files"].items():
+        lines.append(f"  {rel:<28} {f['size'] / 1e6:9.1f} MB  sha256 {f['sha256'][:16]}...")
+    lines.append("checksums  " + ("all files match" if info["verified"] else f"FAILED: {info['problem']}"))
+    parity = info.get("parity")
+    if parity:
+        lines.append(f"parity     vs torch at export: max logit diff {parity['max_logit_diff']:.3g} "
+                     f"(logits up to {parity['logit_scale']:.3g}), greedy "
+                     f"{parity['greedy_tokens_agreeing']}/{parity['greedy_tokens_compared']} tokens identical")
+    return "\n".join(lines)
