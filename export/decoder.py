@@ -57,7 +57,8 @@ def build_decoder(hf_dir: Path, out_dir: Path, precision: str) -> dict[str, Any]
                     shutil.move(str(work / name), str(out_dir / name))
     graph = onnx.load(str(out_dir / DECODER_FILE), load_external_data=False)
     _check_symbolic_dims(graph)
-    return {"file": DECODER_FILE, "precision": precision, **graph_signature(graph)}
+    return {"file": DECODER_FILE, "precision": precision, "target": target,
+            **graph_signature(graph)}
 
 
 def _run_builder(hf_dir: Path, work: Path, precision: str, target: str) -> None:

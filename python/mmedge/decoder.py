@@ -25,7 +25,8 @@ _ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
 class Decoder:
     """Runs prefill and decode steps of one sequence against a preallocated KV cache."""
 
-    def __init__(self, session: ort.InferenceSession, spec: dict[str, Any], device: Device):
+    def __init__(self, session: ort.InferenceSession, spec: dict[str, Any], device: Device,
+                 target: str = "cpu"):
         self.session = session
         self.device = device
         self.num_layers = spec["num_layers"]
@@ -41,7 +42,10 @@ class Decoder:
         self.capacity = 0
         self.length = 0           # tokens already in the cache
         self._binding: ort.IOBinding | None = None
-        self._ort_device = "cuda" if device.name == "cuda" else "cpu"
+        # The cache lives where the attention op runs: a graph built for the CPU (fp32/int8/int4)
+        # keeps GroupQueryAttention on the CPU even under the CUDA provider (its CUDA kernel is
+        # fp16/bf16 only), so only a CUDA-target graph gets a cache in GPU memory.
+        self._ort_device = "cuda" if device.name == "cuda" and target == "cuda" else "cpu"
 
     def reset(self, capacity: int) -> None:
         """Start a new sequence with room for `capacity` tokens (reusing the cache when it fits)."""

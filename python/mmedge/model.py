@@ -38,7 +38,8 @@ class Model:
         self.context_length: int = text["context_length"]
         self._embed = open_session(bundle.path_of("embed"), self.device, threads)
         self._decoder = Decoder(open_session(bundle.path_of("decoder"), self.device, threads),
-                                bundle.manifest["decoder"], self.device)
+                                bundle.manifest["decoder"], self.device,
+                                target=bundle.components["decoder"].get("target", "cpu"))
         self.image_spec = bundle.image
         self._vision = None
         self._preprocessor = None
