@@ -25,12 +25,23 @@ from .families import recipe_for
 from .sources import resolve
 
 VISION_PRECISIONS = ("fp32", "fp16", "int8")
+_EXPORT_EXTRA = ("torch", "transformers", "onnx", "onnxruntime_genai", "safetensors")
+
+
+def _require_export_extra() -> None:
+    import importlib.util
+
+    missing = [name for name in _EXPORT_EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ExportError(f"Exporting needs {', '.join(missing)}: pip install 'mmedge[export]' "
+                          f"(torch pinned to its CPU build; see the README).")
 
 
 def export_model(model: str, out_dir: str | Path, precision: str = "fp32",
                  vision_precision: str = "fp32", parity: bool = True,
                  overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Export MODEL into a bundle at `out_dir`; returns the manifest."""
+    _require_export_extra()
     if precision not in PRECISIONS:
         raise ExportError(f"--quant must be one of {', '.join(PRECISIONS)}, not '{precision}'.")
     if vision_precision not in VISION_PRECISIONS:
@@ -65,10 +76,13 @@ def export_model(model: str, out_dir: str | Path, precision: str = "fp32",
         write_manifest(ctx.out_dir, ctx.manifest)
         if parity:
             step("parity check vs torch")
-            from .parity import check_parity
+            if hasattr(recipe, "check_parity"):   # e.g. CLIP: embeddings, not generation
+                ctx.manifest["exporter"]["parity"] = recipe.check_parity(ctx)
+            else:
+                from .parity import check_parity
 
-            ctx.manifest["exporter"]["parity"] = check_parity(
-                ctx.out_dir, ctx.reference, precision, with_image="image" in ctx.manifest)
+                ctx.manifest["exporter"]["parity"] = check_parity(
+                    ctx.out_dir, ctx.reference, precision, with_image="image" in ctx.manifest)
             write_manifest(ctx.out_dir, ctx.manifest)
         bar.set_postfix_str("done")
         bar.update(bar.total - bar.n)

@@ -2,7 +2,9 @@
 
 A recipe module exposes `export(ctx: ExportContext) -> None`, filling `ctx.manifest` and writing
 graphs into `ctx.out_dir`, and `load_reference(folder)` returning the torch model the parity check
-compares against. Adding a family means adding one file here and one line to FAMILIES.
+compares against. A recipe may also expose `check_parity(ctx) -> dict` (the figures for the
+manifest); without one, the export runs the generation parity check of `mmedge.export.parity`.
+Adding a family means adding one file here and one line to FAMILIES.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ FAMILIES = {
     "Qwen2ForCausalLM": "llm",
     "MistralForCausalLM": "llm",
     "LlavaForConditionalGeneration": "llava",
+    "CLIPModel": "clip",
+    "SiglipModel": "clip",
 }
 
 

@@ -143,6 +143,9 @@ class Model:
         Stage timings of the last call are in `model.last_stats`.
         """
         images = list(images or [])
+        if images and not self.accepts_images:
+            raise PromptError("This bundle is text-only; it cannot take images. Drop the images, "
+                              "or export a vision-language model.")
         if messages is None:
             if prompt is None or not prompt.strip():
                 raise PromptError("The prompt is empty. Say what you want the model to do, e.g. "
@@ -186,5 +189,11 @@ def load(bundle: str | Path, device: str = "auto", threads: int | None = None,
 
     `device` is "auto" (CUDA when onnxruntime-gpu and a GPU are present, else CPU), "cpu" or
     "cuda"; `model.device.note` says which one runs. `verify` checks every file's sha256 first.
+    A CLIP/SigLIP bundle (family "clip") gives a `mmedge.clip.ClipModel` instead of a `Model`.
     """
-    return Model(open_bundle(bundle, verify=verify), device=device, threads=threads)
+    opened = open_bundle(bundle, verify=verify)
+    if opened.family == "clip":
+        from .clip import ClipModel
+
+        return ClipModel(opened, device=device, threads=threads)
+    return Model(opened, device=device, threads=threads)
