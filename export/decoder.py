@@ -9,8 +9,10 @@ norm ops, MatMulNBits; see shared/design/ARCHITECTURE.md). We ask it for a graph
 Precisions:
   fp32  the builder's fp32 graph for the CPU
   fp16  the builder's fp16 graph for CUDA (it also runs, slowly, on the CPU)
-  int8  the fp32 graph with dynamic int8 quantization of every MatMul (fastest prefill on CPUs)
-  int4  block-wise (32) symmetric 4-bit weights, MatMulNBits, int8 activations (accuracy level 4)
+  int8  the fp32 graph with dynamic int8 quantization of every MatMul, per output channel
+        (fastest prefill on CPUs; per-channel agreed with fp32 more often than per-tensor)
+  int4  block-wise (32) symmetric 4-bit weights, MatMulNBits, int8 activations (accuracy level 4);
+        for GGUF imports, the file's own Q4/Q8 grids are kept exactly instead (grid_reuse.py)
 
 What lives elsewhere: the token-embedding graph (export/embed.py), checking the result against
 torch (export/parity.py).
@@ -30,6 +32,7 @@ import onnx
 
 from mmedge.errors import ExportError
 
+from .grid_reuse import reuse_grids
 from .onnx_utils import graph_signature
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
@@ -40,25 +43,34 @@ _BUILDER_TARGET = {"fp32": ("fp32", "cpu"), "fp16": ("fp16", "cuda"),
                    "int8": ("fp32", "cpu"), "int4": ("int4", "cpu")}
 
 
-def build_decoder(hf_dir: Path, out_dir: Path, precision: str) -> dict[str, Any]:
+def build_decoder(hf_dir: Path, out_dir: Path, precision: str,
+                  reuse_grid: bool = False) -> dict[str, Any]:
     """Write `decoder.onnx` (+ `decoder.onnx.data`) into `out_dir` from the HF causal-LM folder
-    `hf_dir`; return the decoder section of the manifest."""
+    `hf_dir`; return the decoder's manifest entry.
+
+    `reuse_grid` (for checkpoints dequantized from GGUF): int4 keeps the weights' own 4/8-bit
+    grids exactly instead of quantizing them again (see export/grid_reuse.py).
+    """
     if precision not in PRECISIONS:
         raise ExportError(f"Unknown precision '{precision}'. Choose one of: {', '.join(PRECISIONS)}.")
     builder_precision, target = _BUILDER_TARGET[precision]
+    entry: dict[str, Any] = {"file": DECODER_FILE, "precision": precision, "target": target}
     with tempfile.TemporaryDirectory(prefix="mmedge-decoder-") as tmp:
-        work = Path(tmp)
-        _run_builder(hf_dir, work, builder_precision, target)
+        built = Path(tmp) / "built"
+        _run_builder(hf_dir, built, builder_precision, target)
         if precision == "int8":
-            _quantize_int8(work / DECODER_FILE, out_dir / DECODER_FILE)
+            _quantize_int8(built / DECODER_FILE, out_dir / DECODER_FILE)
         else:
+            if precision == "int4" and reuse_grid:
+                reference = Path(tmp) / "float"
+                _run_builder(hf_dir, reference, "fp32", "cpu")
+                entry["grid_reuse"] = reuse_grids(built / DECODER_FILE, reference / DECODER_FILE)
             for name in (DECODER_FILE, DECODER_FILE + ".data"):
-                if (work / name).exists():
-                    shutil.move(str(work / name), str(out_dir / name))
+                if (built / name).exists():
+                    shutil.move(str(built / name), str(out_dir / name))
     graph = onnx.load(str(out_dir / DECODER_FILE), load_external_data=False)
     _check_symbolic_dims(graph)
-    return {"file": DECODER_FILE, "precision": precision, "target": target,
-            **graph_signature(graph)}
+    return {**entry, **graph_signature(graph)}
 
 
 def _run_builder(hf_dir: Path, work: Path, precision: str, target: str) -> None:
@@ -81,7 +93,7 @@ def _quantize_int8(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"],
-                     weight_type=QuantType.QInt8, per_channel=False,
+                     weight_type=QuantType.QInt8, per_channel=True,
                      use_external_data_format=True,
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     # quantize_dynamic names the data file after the output; normalize to <file>.data

@@ -26,7 +26,8 @@ def export_language_model(ctx: ExportContext, lm_folder: Path, causal_lm: Any,
         raise UnsupportedModelError(f"The text model is '{model_type}'; mmedge supports "
                                     f"{', '.join(SUPPORTED_TEXT_MODELS)}.")
     ctx.step("decoder graph")
-    decoder = build_decoder(lm_folder, ctx.out_dir, ctx.precision)
+    decoder = build_decoder(lm_folder, ctx.out_dir, ctx.precision,
+                            reuse_grid=ctx.source.description.startswith("gguf:"))
     ctx.step("embedding graph")
     table = causal_lm.get_input_embeddings().weight.detach().float().numpy()
     head = causal_lm.get_output_embeddings().weight.detach().float().numpy()

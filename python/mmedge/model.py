@@ -71,15 +71,13 @@ class Model:
     def encode_images(self, images: Sequence[Any]) -> np.ndarray:
         """Images (paths, bytes, PIL images or HxWxC arrays) -> features
         [n_images, image_tokens, hidden] in the language model's embedding space."""
-        if not self.accepts_images:
-            raise PromptError("This bundle has no vision component: it is a text-only model. "
-                              "Drop the images, or export a vision-language model.")
         return self._vision.run(None, {"pixel_values": self.preprocess(images)})[0]
 
     def preprocess(self, images: Sequence[Any]) -> np.ndarray:
         """Images -> the vision graph's `pixel_values` [n, 3, H, W] float32."""
         if not self.accepts_images:
-            raise PromptError("This bundle has no vision component: it is a text-only model.")
+            raise PromptError("This bundle has no vision component: it is a text-only model. "
+                              "Drop the images, or export a vision-language model.")
         return self._preprocessor(images)
 
     def build_messages(self, prompt: str, n_images: int, system: str | None = None) -> list[Message]:
@@ -95,13 +93,14 @@ class Model:
     def prompt_ids(self, messages: list[Message], n_images: int) -> list[int]:
         """Render the chat template, tokenize, and expand each image placeholder to the model's
         image-token count. Raises PromptError on a mismatch between placeholders and images."""
+        if n_images and self.image_spec is None:
+            raise PromptError("This bundle is text-only; it cannot take images. Drop the images, "
+                              "or export a vision-language model.")
         text = self.chat_template.render(messages, add_generation_prompt=True)
         if not text.strip():
             raise PromptError("The prompt is empty. Say what you want the model to do.")
         ids = self.tokenizer.encode(text, add_special_tokens=not self.chat_template.available)
         if self.image_spec is None:
-            if n_images:
-                raise PromptError("This bundle is text-only; it cannot take images.")
             return ids
         image_id = self.image_spec["image_token_id"]
         placeholders = sum(1 for i in ids if i == image_id)
@@ -143,9 +142,6 @@ class Model:
         Stage timings of the last call are in `model.last_stats`.
         """
         images = list(images or [])
-        if images and not self.accepts_images:
-            raise PromptError("This bundle is text-only; it cannot take images. Drop the images, "
-                              "or export a vision-language model.")
         if messages is None:
             if prompt is None or not prompt.strip():
                 raise PromptError("The prompt is empty. Say what you want the model to do, e.g. "
