@@ -40,6 +40,7 @@ from ..context import ExportContext
 from ..onnx_utils import graph_signature
 from ..preprocessing import image_spec_from_hf
 from ..text_spec import TOKENIZER_FILE, load_tokenizer
+from .. import vision
 from ..vision import SAMPLE_BATCH, quantize_vision
 
 IMAGE_FILE = "image.onnx"
@@ -118,13 +119,17 @@ def _export_graph(wrapper: torch.nn.Module, sample: torch.Tensor, path: Path, in
                                         dynamic_shapes={input_name: dynamic}, verbose=False)
     except Exception as e:  # torch.export / onnx conversion failures are many types
         raise ExportError(f"torch.onnx.export of {path.name} failed: {e}") from e
-    program.save(path)
+    weight_bytes = sum(v.const_value.nbytes for v in program.model.graph.initializers.values()
+                       if v.const_value is not None)
+    # Above 1.5 GB (ViT-H and up) the weights go to `<name>.data` beside the graph (protobuf caps
+    # a file at 2 GB).
+    program.save(path, external_data=weight_bytes > vision.EXTERNAL_DATA_BYTES)
     signature = graph_signature(onnx.load(str(path), load_external_data=False))
-    for io in signature["inputs"][:1] + signature["outputs"][:1]:
-        for axis in dynamic:
-            if not isinstance(io["shape"][axis], str):
-                raise ExportError(f"{path.name}: {io['name']} has a static dim {axis} "
-                                  f"({io['shape']}); it must be symbolic.")
+    checks = [(signature["inputs"][0], axis) for axis in dynamic] + [(signature["outputs"][0], 0)]
+    for io, axis in checks:   # with static samples dynamo can specialize a dim silently
+        if not isinstance(io["shape"][axis], str):
+            raise ExportError(f"{path.name}: {io['name']} has a static dim {axis} "
+                              f"({io['shape']}); it must be symbolic.")
     return signature
 
 
@@ -200,7 +205,8 @@ def export(ctx: ExportContext) -> None:
     for name, comp in components.items():
         source, target = ctx.workdir / comp["file"], ctx.out_dir / comp["file"]
         if precision == "fp32":
-            source.replace(target)
+            for part in source.parent.glob(source.name + "*"):   # the graph and its .data, if any
+                part.replace(ctx.out_dir / part.name)
         else:
             quantize_vision(source, target, precision)
         comp["precision"] = precision

@@ -6,12 +6,14 @@ reads pickles (a bundle holds only ONNX, JSON and tokenizer files).
 
 Format (FORMAT_VERSION 1), the fields a runtime relies on:
     format_version   int; a bundle newer than this runtime is refused
-    family           "llm" (decoder-only) or "llava" (vision tower + projector + decoder)
+    family           "llm" (decoder-only), "llava" (vision tower + projector + decoder) or
+                     "clip" (CLIP/SigLIP image + text towers, see mmedge.clip)
     components       {name: {"file": ..., "inputs": [...], "outputs": [...], "precision": ...}}
-                     names: "vision", "embed", "decoder"
+                     names: "vision", "embed", "decoder"; "image", "text" for "clip"
     image            preprocessing parameters (VLM bundles only, see mmedge.preprocess)
     text             tokenizer file, chat template, special tokens, context length
     decoder          num_layers, num_kv_heads, head_dim, hidden_size, vocab_size, kv_dtype
+    clip             ("clip" family) kind, embed_dim, logit_scale (the multiplier), logit_bias
     quantization     {"decoder": "int4", "vision": "fp32", ...}
     files            {relative path: {"sha256": ..., "size": ...}} for every file but the manifest
     exporter         {"mmedge": version, "source": ..., "parity": {...}}

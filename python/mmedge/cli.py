@@ -1,4 +1,5 @@
-"""The `mmedge` command line: export, run, chat, info, bench.
+"""The `mmedge` command line: export, run, chat, info, bench, and for CLIP/SigLIP bundles
+classify, embed, index and search.
 
 Every command but `export` uses only the runtime (no torch). Errors a user can fix are printed as
 one message (no traceback) with exit status 2.
@@ -22,6 +23,21 @@ EPILOG = """examples:
   mmedge chat llava/                                  # /image PATH attaches an image
   mmedge info llava/
   mmedge bench llava/ --image photo.jpg --json
+  mmedge export openai/clip-vit-base-patch32 -o clip/     # CLIP or SigLIP: image + text towers
+  mmedge classify clip/ photo.jpg --labels "door,staircase,wall"
+  mmedge embed clip/ photos/ -o photos.npy            # rows listed in photos.rows.txt
+  mmedge index clip/ photos.sqlite photos/ && mmedge search clip/ photos.sqlite "a red door"
+"""
+
+CLIP_EPILOG = """examples:
+  mmedge classify clip/ photo.jpg --labels "door,staircase,wall"
+  mmedge classify clip/ photo.jpg --labels "cat,dog" --template "a photo of a {}." \\
+      --template "a blurry photo of a {}." --json
+  mmedge embed clip/ photos/ extra.jpg -o photos.npy   # folders are searched recursively
+  mmedge embed clip/ --text "a red door" --text "a staircase" -o texts.npy
+  mmedge index clip/ photos.sqlite photos/            # re-run to add only new or changed files
+  mmedge search clip/ photos.sqlite "a red door" -k 5
+  mmedge search clip/ photos.sqlite --image query.jpg --json
 """
 
 
@@ -84,6 +100,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("classify", help="zero-shot classification of an image (CLIP/SigLIP bundles)",
+                       epilog=CLIP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle")
+    p.add_argument("image")
+    p.add_argument("--labels", required=True, help='comma-separated labels, e.g. "door,staircase,wall"')
+    p.add_argument("--template", action="append", default=None, metavar="TEXT",
+                   help='prompt with {} for the label (repeatable; averaged as in CLIP\'s zero-shot '
+                        'recipe; default "a photo of a {}.")')
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=None)
+
+    p = sub.add_parser("embed", help="embed images or texts into a .npy file (CLIP/SigLIP bundles)",
+                       epilog=CLIP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle")
+    p.add_argument("paths", nargs="*", help="image files or folders (searched recursively)")
+    p.add_argument("--text", action="append", default=[], help="a text to embed (repeatable)")
+    p.add_argument("-o", "--output", required=True,
+                   help="the .npy to write: float32 [rows, dim], L2-normalized; the row order "
+                        "(paths or texts) goes to <output stem>.rows.txt")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=None)
+
+    p = sub.add_parser("index", help="add image files to a search index (SQLite; incremental)",
+                       epilog=CLIP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle")
+    p.add_argument("db", help="the index file (created if missing), e.g. photos.sqlite")
+    p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=None)
+
+    p = sub.add_parser("search", help="the indexed images closest to a text or an image",
+                       epilog=CLIP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle")
+    p.add_argument("db", help="an index written by `mmedge index` with the same bundle")
+    p.add_argument("query", nargs="?", default=None, help="what to look for, in words")
+    p.add_argument("--image", default=None, help="search by this image instead of a text")
+    p.add_argument("-k", type=int, default=10, help="how many results (default 10)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=None)
     return parser
 
 
@@ -97,6 +157,11 @@ def _load(args: argparse.Namespace):
     from .model import load
 
     model = load(args.bundle, device=args.device, threads=args.threads)
+    wants_clip = args.command in ("classify", "embed", "index", "search")
+    if wants_clip != (model.bundle.family == "clip"):
+        need = "a CLIP/SigLIP bundle" if wants_clip else "a language or vision-language model"
+        raise MMEdgeError(f"`mmedge {args.command}` needs {need}; {args.bundle} holds a "
+                          f"'{model.bundle.family}' model.")
     print(f"[mmedge] {model.device.note}", file=sys.stderr)
     return model
 
@@ -111,6 +176,12 @@ def cmd_export(args: argparse.Namespace) -> None:
                             vision_precision=args.vision_quant, parity=not args.no_parity,
                             overwrite=args.overwrite)
     parity = manifest["exporter"].get("parity")
+    if manifest["family"] == "clip":
+        print(f"wrote {args.output} (clip, {manifest['quantization']['image']})")
+        if parity:
+            print(f"parity vs torch: lowest cosine image {parity['image_cosine']:.6f}, text "
+                  f"{parity['text_cosine']:.6f}; max probability diff {parity['max_prob_diff']:.3g}")
+        return
     print(f"wrote {args.output} ({manifest['family']}, decoder {args.quant})")
     if parity:
         print(f"parity vs torch: max logit diff {parity['max_logit_diff']:.3g}, greedy tokens "
@@ -148,6 +219,11 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     from .benchmark import bench_bundle, format_bench
+    from .bundle import open_bundle
+
+    if open_bundle(args.bundle, verify=False).family == "clip":
+        raise MMEdgeError("`mmedge bench` measures generation; it does not cover CLIP/SigLIP "
+                          "bundles yet (time `mmedge embed` instead).")
 
     result = bench_bundle(args.bundle, image=args.image, prompt=args.prompt,
                           new_tokens=args.new_tokens, runs=args.runs, device=args.device,
@@ -155,8 +231,103 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2) if args.json else format_bench(result))
 
 
+def cmd_classify(args: argparse.Namespace) -> None:
+    labels = [label.strip() for label in args.labels.split(",")]
+    model = _load(args)
+    ranked = model.classify(args.image, labels, templates=args.template or ("a photo of a {}.",))
+    if args.json:
+        print(json.dumps([{"label": label, "probability": prob} for label, prob in ranked], indent=2))
+        return
+    width = max(len("label"), *(len(label) for label, _ in ranked))
+    print(f"{'label':<{width}}  probability")
+    for label, prob in ranked:
+        print(f"{label:<{width}}  {prob:11.4f}  {'#' * round(prob * 30)}")
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    import numpy as np
+
+    from .errors import ImageError
+
+    if bool(args.paths) == bool(args.text):
+        raise MMEdgeError("Give image files/folders or --text, not both and not neither.")
+    out = Path(args.output)
+    if out.suffix != ".npy":
+        raise MMEdgeError(f"-o {out}: the output must be a .npy file.")
+    from .index import image_files
+
+    found, not_images = image_files(args.paths)
+    files, skipped = [str(f) for f in found], [str(f) for f in not_images]
+    model = _load(args)
+    if args.text:
+        embeds, rows = model.embed_texts(args.text), list(args.text)
+    else:
+        parts, rows = [], []
+        for start in range(0, len(files), args.batch_size):
+            batch = files[start:start + args.batch_size]
+            try:
+                parts.append(model.embed_images(batch, batch_size=args.batch_size))
+                rows += batch
+            except ImageError:   # find the unreadable ones, keep the rest
+                for f in batch:
+                    try:
+                        parts.append(model.embed_images([f]))
+                        rows.append(f)
+                    except ImageError as e:
+                        skipped.append(f"{f} ({e})")
+        if not rows:
+            raise MMEdgeError("No image could be read; nothing was written."
+                              + "".join(f"\n  skipped {s}" for s in skipped))
+        embeds = np.concatenate(parts)
+    np.save(out, embeds.astype(np.float32))
+    rows_file = out.with_suffix(".rows.txt")
+    rows_file.write_text("".join(row.replace("\n", " ") + "\n" for row in rows))
+    print(f"wrote {out} ({embeds.shape[0]} x {embeds.shape[1]}) and {rows_file}")
+    if skipped:
+        print(f"skipped {len(skipped)} file(s) that are not readable images:", file=sys.stderr)
+        for s in skipped:
+            print(f"  {s}", file=sys.stderr)
+
+
+def cmd_index(args: argparse.Namespace) -> None:
+    from .index import ImageIndex
+
+    def progress(done: int, total: int) -> None:
+        print(f"\rembedded {done}/{total}", end="\n" if done == total else "", file=sys.stderr)
+
+    with ImageIndex(args.db, _load(args)) as index:
+        report = index.update(args.paths, batch_size=args.batch_size, progress=progress)
+        print(f"{args.db}: {len(index)} images ({report.added} added, {report.changed} changed, "
+              f"{report.unchanged} unchanged, {report.removed} removed)")
+    if report.skipped:
+        print(f"skipped {len(report.skipped)} file(s):", file=sys.stderr)
+        for path, why in report.skipped:
+            print(f"  {path}: {why}", file=sys.stderr)
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .index import ImageIndex
+
+    if (args.query is None) == (args.image is None):
+        raise MMEdgeError("Give a query text or --image PATH (one of them).")
+    if not Path(args.db).is_file():
+        raise MMEdgeError(f"{args.db} does not exist; build it with `mmedge index`.")
+    with ImageIndex(args.db, _load(args)) as index:
+        hits = index.search(args.query if args.image is None else Path(args.image), k=args.k)
+    if args.json:
+        print(json.dumps([{"path": path, "cosine": score} for path, score in hits], indent=2))
+        return
+    for path, score in hits:
+        print(f"{score:7.4f}  {path}")
+
+
 COMMANDS = {"export": cmd_export, "run": cmd_run, "chat": cmd_chat, "info": cmd_info,
-            "bench": cmd_bench}
+            "bench": cmd_bench, "classify": cmd_classify, "embed": cmd_embed,
+            "index": cmd_index, "search": cmd_search}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

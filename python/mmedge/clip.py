@@ -114,8 +114,11 @@ class ClipModel:
 
     @property
     def model_id(self) -> str:
-        """Identifies the bundle's embedding space: the sha256 of its image graph."""
-        return self.bundle.manifest["files"][self.bundle.components["image"]["file"]]["sha256"]
+        """Identifies the bundle's embedding space: a sha256 over the sha256 of both graphs (a
+        quantized copy of the same model has another id: its embeddings differ slightly)."""
+        files = self.bundle.manifest["files"]
+        graphs = [files[self.bundle.components[name]["file"]]["sha256"] for name in ("image", "text")]
+        return hashlib.sha256(":".join(graphs).encode()).hexdigest()
 
     # -- building blocks ------------------------------------------------------------------------
     def preprocess(self, images: Sequence[ImageLike] | ImageLike) -> np.ndarray:

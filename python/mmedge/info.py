@@ -26,7 +26,7 @@ def bundle_info(root: str | Path) -> dict[str, Any]:
         "components": {name: {"file": c["file"], "precision": c.get("precision"),
                               "inputs": c["inputs"], "outputs": c["outputs"]}
                        for name, c in m["components"].items()},
-        "image": m.get("image"), "decoder": m.get("decoder"),
+        "image": m.get("image"), "decoder": m.get("decoder"), "clip": m.get("clip"),
         "context_length": m["text"]["context_length"],
         "files": m["files"], "verified": verified, "problem": problem,
         "parity": m.get("exporter", {}).get("parity"),
@@ -43,7 +43,11 @@ def format_info(info: dict[str, Any]) -> str:
              f"{info['mmedge']} from {info['source']})",
              f"context    {info['context_length']} tokens",
              "precision  " + ", ".join(f"{k} {v}" for k, v in info["quantization"].items())]
-    if info["image"]:
+    if info.get("clip"):
+        c = info["clip"]
+        lines.append(f"embedding  {c['kind']}, {c['embed_dim']} dims, logit scale "
+                     f"{c['logit_scale']:.4g}, bias {c['logit_bias']:.4g}")
+    if info["image"] and "num_image_tokens" in info["image"]:
         im = info["image"]
         lines.append(f"image      {im['processor']} preprocessing to {im['image_size'][0]}x"
                      f"{im['image_size'][1]}, {im['num_image_tokens']} tokens per image "
@@ -62,7 +66,11 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"  {rel:<28} {f['size'] / 1e6:9.1f} MB  sha256 {f['sha256'][:16]}...")
     lines.append("checksums  " + ("all files match" if info["verified"] else f"FAILED: {info['problem']}"))
     parity = info.get("parity")
-    if parity:
+    if parity and "image_cosine" in parity:
+        lines.append(f"parity     vs torch at export: lowest cosine image {parity['image_cosine']:.6f}, "
+                     f"text {parity['text_cosine']:.6f}; max probability diff "
+                     f"{parity['max_prob_diff']:.3g}")
+    elif parity:
         lines.append(f"parity     vs torch at export: max logit diff {parity['max_logit_diff']:.3g} "
                      f"(logits up to {parity['logit_scale']:.3g}), greedy "
                      f"{parity['greedy_tokens_agreeing']}/{parity['greedy_tokens_compared']} tokens identical")
