@@ -147,6 +147,8 @@ class Model:
                 raise PromptError("The prompt is empty. Say what you want the model to do, e.g. "
                                   "--prompt \"Describe this image.\"")
             messages = self.build_messages(prompt, len(images), system)
+        if max_new_tokens < 1:
+            raise PromptError(f"max_new_tokens must be at least 1, not {max_new_tokens}.")
         config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature,
                                   top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
                                   seed=seed, stop=tuple(stop), ignore_eos=ignore_eos)
