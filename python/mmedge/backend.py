@@ -55,13 +55,16 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def open_session(path: Path, device: Device, threads: int | None = None) -> ort.InferenceSession:
+def open_session(path: Path, device: Device, threads: int | None = None,
+                 spinning: bool = True) -> ort.InferenceSession:
+    """Open one graph. `spinning` keeps the worker threads busy-waiting between runs: right for
+    the decoder (back-to-back runs in a decode loop, worth several percent of decode speed), wrong
+    for the small or occasional graphs beside it, whose idle spinning threads would steal the
+    cores the decoder needs (measured: ~12% of decode speed on 2 cores)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: ORT's warnings are noise for users
-    # Spinning keeps the worker threads hot between the back-to-back runs of a decode loop, which
-    # is worth several percent of decode speed on small models.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return ort.InferenceSession(str(path), options, providers=list(device.providers))

@@ -36,7 +36,8 @@ class Model:
         self.tokenizer = Tokenizer(bundle.root / text["tokenizer_file"], text)
         self.chat_template = ChatTemplate(text.get("chat_template"), text.get("special_tokens", {}))
         self.context_length: int = text["context_length"]
-        self._embed = open_session(bundle.path_of("embed"), self.device, threads)
+        # A Gather: one thread, no spinning (see open_session).
+        self._embed = open_session(bundle.path_of("embed"), self.device, 1, spinning=False)
         self._decoder = Decoder(open_session(bundle.path_of("decoder"), self.device, threads),
                                 bundle.manifest["decoder"], self.device,
                                 target=bundle.components["decoder"].get("target", "cpu"))
@@ -47,7 +48,8 @@ class Model:
             from .preprocess import ImagePreprocessor
 
             self._preprocessor = ImagePreprocessor(self.image_spec)
-            self._vision = open_session(bundle.path_of("vision"), self.device, threads)
+            self._vision = open_session(bundle.path_of("vision"), self.device, threads,
+                                        spinning=False)
         self.last_stats = GenerationStats()
 
     # -- properties a caller may want ---------------------------------------------------------
