@@ -39,8 +39,13 @@ def _require_export_extra() -> None:
 
 def export_model(model: str, out_dir: str | Path, precision: str = "fp32",
                  vision_precision: str = "fp32", parity: bool = True,
-                 overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Export MODEL into a bundle at `out_dir`; returns the manifest."""
+                 overwrite: bool = False, progress: bool = True,
+                 requantize: bool = False) -> dict[str, Any]:
+    """Export MODEL into a bundle at `out_dir`; returns the manifest.
+
+    `requantize`: for int4 from a GGUF file, quantize the dequantized weights again with
+    round-to-nearest instead of keeping the file's own grid (faster decode, further from the
+    reference; see export/grid_reuse.py)."""
     _require_export_extra()
     if precision not in PRECISIONS:
         raise ExportError(f"--quant must be one of {', '.join(PRECISIONS)}, not '{precision}'.")
@@ -68,7 +73,8 @@ def export_model(model: str, out_dir: str | Path, precision: str = "fp32",
         source = resolve(model, Path(scratch))
         recipe = recipe_for(source.config)
         ctx = ExportContext(source=source, out_dir=Path(staging), precision=precision,
-                            vision_precision=vision_precision, workdir=Path(scratch), step=step)
+                            vision_precision=vision_precision, workdir=Path(scratch), step=step,
+                            requantize=requantize)
         step("loading torch model")
         ctx.reference = recipe.load_reference(source.folder)
         recipe.export(ctx)   # advances the bar through its graphs

@@ -27,7 +27,8 @@ def export_language_model(ctx: ExportContext, lm_folder: Path, causal_lm: Any,
                                     f"{', '.join(SUPPORTED_TEXT_MODELS)}.")
     ctx.step("decoder graph")
     decoder = build_decoder(lm_folder, ctx.out_dir, ctx.precision,
-                            reuse_grid=ctx.source.description.startswith("gguf:"))
+                            reuse_grid=ctx.source.description.startswith("gguf:")
+                            and not ctx.requantize)
     ctx.step("embedding graph")
     table = causal_lm.get_input_embeddings().weight.detach().float().numpy()
     head = causal_lm.get_output_embeddings().weight.detach().float().numpy()
