@@ -10,6 +10,7 @@ code path of the exporter and runtime; only the tokenizer model differs from a r
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -370,3 +371,93 @@ def test_index_incremental_resumable_and_search(exported, tmp_path, capsys):
     assert cli_main(["search", str(bundle), str(db), "a red door", "-k", "1", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 1
     assert cli_main(["search", str(other), str(db), "a red door"]) == 2
+
+
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal, so that tqdm draws its bar."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bars(exported, tmp_path, monkeypatch):
+    """`index` and `embed` draw a bar (files done / total, skipped files in the postfix) on a
+    terminal only; progress=False draws none."""
+    from mmedge.index import ImageIndex
+
+    _, bundle, _, _, _ = exported
+    model = mmedge.load(bundle, device="cpu")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, image in enumerate(IMAGES):
+        image.save(photos / f"{i}.png")
+    (photos / "broken.png").write_bytes(b"not a png")
+    (photos / "notes.txt").write_text("not an image")
+
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with ImageIndex(tmp_path / "a.sqlite", model) as index:
+        index.update([photos], batch_size=2)
+    bar = terminal.getvalue()
+    assert "index" in bar and "4/4" in bar and "skipped=2" in bar
+
+    terminal.seek(0)
+    terminal.truncate()
+    with ImageIndex(tmp_path / "b.sqlite", model) as index:
+        index.update([photos], progress=False)
+    assert cli_main(["embed", str(bundle), str(photos), "-o", str(tmp_path / "e.npy")]) == 0
+    out = terminal.getvalue()
+    assert "index" not in out and "embed" in out and "4/4" in out and "skipped=2" in out
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())   # not a terminal: no bar
+    assert cli_main(["embed", str(bundle), str(photos), "-o", str(tmp_path / "e.npy")]) == 0
+    assert "4/4" not in sys.stderr.getvalue()
+
+
+def test_search_contact_sheet(exported, tmp_path, capsys):
+    from mmedge.contact_sheet import CAPTION_HEIGHT, COLUMNS, TILE, sheet_size
+    from mmedge.index import ImageIndex
+
+    _, bundle, _, _, _ = exported
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    solid = [Image.new("RGB", (50, 40), color) for color in ((255, 0, 0), (0, 0, 255))]
+    names = []
+    for i, image in enumerate([*IMAGES, *solid]):
+        names.append(photos / f"{i}.png")
+        image.save(names[-1])
+    db = tmp_path / "photos.sqlite"
+    with ImageIndex(db, mmedge.load(bundle, device="cpu")) as index:
+        index.update([photos], progress=False)
+    names[3].write_bytes(b"broken now")   # indexed, then unreadable: a grey tile
+    names[4].unlink()                      # indexed, then gone: a grey tile
+
+    sheet_path = tmp_path / "out" / "hits.png"
+    assert cli_main(["search", str(bundle), str(db), "a red door", "-k", "5",
+                     "--show", str(sheet_path)]) == 0
+    assert "hits.png" in capsys.readouterr().err
+    sheet = np.asarray(Image.open(sheet_path).convert("RGB")).astype(int)
+    assert COLUMNS == 4 and sheet_size(5) == (4 * TILE, 2 * (TILE + CAPTION_HEIGHT))
+    assert sheet.shape == (2 * (TILE + CAPTION_HEIGHT), 4 * TILE, 3)
+
+    def tile(i):
+        y, x = (i // 4) * (TILE + CAPTION_HEIGHT), (i % 4) * TILE
+        return sheet[y:y + TILE, x:x + TILE]
+
+    tiles = [tile(i) for i in range(6)]
+    grey = [i for i in range(1, 6) if (tiles[i][TILE // 2, 10] == 160).all()]
+    assert len(grey) == 2                 # the broken and the missing file, drawn, not an error
+    for a in range(6):
+        for b in range(a + 1, 6):         # every tile differs; thumbnails by far
+            assert (tiles[a] != tiles[b]).any(), (a, b)
+            if a not in grey or b not in grey:
+                assert np.abs(tiles[a] - tiles[b]).mean() > 1, (a, b)
+    captions = sheet[TILE:TILE + CAPTION_HEIGHT]
+    assert (captions < 128).any()         # captions are drawn
+
+    assert cli_main(["search", str(bundle), str(db), "--image", str(names[0]), "-k", "1",
+                     "--show", str(tmp_path / "one.png")]) == 0
+    one = np.asarray(Image.open(tmp_path / "one.png").convert("RGB"))
+    assert one.shape == (TILE + CAPTION_HEIGHT, 2 * TILE, 3)
+    assert cli_main(["search", str(bundle), str(db), "x", "--show", str(tmp_path / "a.jpg")]) == 2
+    assert "PNG" in capsys.readouterr().err

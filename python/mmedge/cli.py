@@ -38,6 +38,7 @@ CLIP_EPILOG = """examples:
   mmedge index clip/ photos.sqlite photos/            # re-run to add only new or changed files
   mmedge search clip/ photos.sqlite "a red door" -k 5
   mmedge search clip/ photos.sqlite --image query.jpg --json
+  mmedge search clip/ photos.sqlite "a red door" -k 8 --show hits.png   # contact sheet
 """
 
 
@@ -73,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vision graph precision (default fp32)")
     p.add_argument("--no-parity", action="store_true", help="skip the parity check vs torch")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    p.add_argument("--requantize", action="store_true",
+                   help="int4 from GGUF: round-to-nearest again instead of keeping the file's own "
+                        "Q4/Q8 grid (faster decode, answers drift further from the original)")
 
     p = sub.add_parser("run", help="answer one prompt, streaming",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -141,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query", nargs="?", default=None, help="what to look for, in words")
     p.add_argument("--image", default=None, help="search by this image instead of a text")
     p.add_argument("-k", type=int, default=10, help="how many results (default 10)")
+    p.add_argument("--show", default=None, metavar="PNG",
+                   help="also write a contact sheet of the query and the hits to this PNG")
     p.add_argument("--json", action="store_true")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=None)
@@ -174,7 +180,7 @@ def cmd_export(args: argparse.Namespace) -> None:
                           f"pip install 'mmedge[export]'") from None
     manifest = export_model(args.model, args.output, precision=args.quant,
                             vision_precision=args.vision_quant, parity=not args.no_parity,
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite, requantize=args.requantize)
     parity = manifest["exporter"].get("parity")
     if manifest["family"] == "clip":
         print(f"wrote {args.output} (clip, {manifest['quantization']['image']})")
@@ -256,7 +262,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
     out = Path(args.output)
     if out.suffix != ".npy":
         raise MMEdgeError(f"-o {out}: the output must be a .npy file.")
-    from .index import image_files
+    from .index import progress_bar, image_files
 
     found, not_images = image_files(args.paths)
     files, skipped = [str(f) for f in found], [str(f) for f in not_images]
@@ -265,18 +271,22 @@ def cmd_embed(args: argparse.Namespace) -> None:
         embeds, rows = model.embed_texts(args.text), list(args.text)
     else:
         parts, rows = [], []
-        for start in range(0, len(files), args.batch_size):
-            batch = files[start:start + args.batch_size]
-            try:
-                parts.append(model.embed_images(batch, batch_size=args.batch_size))
-                rows += batch
-            except ImageError:   # find the unreadable ones, keep the rest
-                for f in batch:
-                    try:
-                        parts.append(model.embed_images([f]))
-                        rows.append(f)
-                    except ImageError as e:
-                        skipped.append(f"{f} ({e})")
+        with progress_bar(True, len(files), "embed") as bar:   # only on a terminal
+            bar.set_postfix(skipped=len(skipped), refresh=False)
+            for start in range(0, len(files), args.batch_size):
+                batch = files[start:start + args.batch_size]
+                try:
+                    parts.append(model.embed_images(batch, batch_size=args.batch_size))
+                    rows += batch
+                except ImageError:   # find the unreadable ones, keep the rest
+                    for f in batch:
+                        try:
+                            parts.append(model.embed_images([f]))
+                            rows.append(f)
+                        except ImageError as e:
+                            skipped.append(f"{f} ({e})")
+                bar.update(len(batch))
+                bar.set_postfix(skipped=len(skipped), refresh=False)
         if not rows:
             raise MMEdgeError("No image could be read; nothing was written."
                               + "".join(f"\n  skipped {s}" for s in skipped))
@@ -294,11 +304,8 @@ def cmd_embed(args: argparse.Namespace) -> None:
 def cmd_index(args: argparse.Namespace) -> None:
     from .index import ImageIndex
 
-    def progress(done: int, total: int) -> None:
-        print(f"\rembedded {done}/{total}", end="\n" if done == total else "", file=sys.stderr)
-
     with ImageIndex(args.db, _load(args)) as index:
-        report = index.update(args.paths, batch_size=args.batch_size, progress=progress)
+        report = index.update(args.paths, batch_size=args.batch_size, progress=True)
         print(f"{args.db}: {len(index)} images ({report.added} added, {report.changed} changed, "
               f"{report.unchanged} unchanged, {report.removed} removed)")
     if report.skipped:
@@ -316,8 +323,15 @@ def cmd_search(args: argparse.Namespace) -> None:
         raise MMEdgeError("Give a query text or --image PATH (one of them).")
     if not Path(args.db).is_file():
         raise MMEdgeError(f"{args.db} does not exist; build it with `mmedge index`.")
+    if args.show and Path(args.show).suffix.lower() != ".png":
+        raise MMEdgeError(f"--show {args.show}: the contact sheet is a PNG; name it *.png.")
+    query = args.query if args.image is None else Path(args.image)
     with ImageIndex(args.db, _load(args)) as index:
-        hits = index.search(args.query if args.image is None else Path(args.image), k=args.k)
+        hits = index.search(query, k=args.k)
+    if args.show:
+        from .contact_sheet import write_contact_sheet
+
+        print(f"wrote {write_contact_sheet(args.show, hits, query)}", file=sys.stderr)
     if args.json:
         print(json.dumps([{"path": path, "cosine": score} for path, score in hits], indent=2))
         return

@@ -10,7 +10,8 @@ float32 embedding. A re-index skips files whose size and mtime are unchanged, re
 and embeds only those whose sha256 is new (a moved or touched file keeps its embedding), and drops
 rows of files that disappeared under the folders being indexed. Every batch is committed as it
 completes, so an interrupted run resumes where it stopped. Unreadable files are skipped and
-reported. The `meta` table records which bundle made the embeddings (`ClipModel.model_id`, the
+reported. On a terminal a progress bar counts the files embedded (skipped ones in its postfix).
+The `meta` table records which bundle made the embeddings (`ClipModel.model_id`, the
 sha256 of its two graphs): an index is refused by any other bundle, quantized copies included,
 since their embeddings live in a different space.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +55,14 @@ def image_files(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Pa
         else:
             raise MMEdgeError(f"{name} does not exist.")
     return files, skipped
+
+
+def progress_bar(enabled: bool, total: int, desc: str) -> Any:
+    """A tqdm bar on stderr counting files; drawn only when `enabled` and stderr is a terminal."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="file", disable=None if enabled else True,
+                file=sys.stderr, dynamic_ncols=True)
 
 
 @dataclass
@@ -110,9 +120,11 @@ class ImageIndex:
 
     # -- indexing ---------------------------------------------------------------------------------
     def update(self, paths: Sequence[str | os.PathLike], batch_size: int = 8,
-               progress: Callable[[int, int], None] | None = None) -> IndexReport:
+               progress: bool | Callable[[int, int], None] = True) -> IndexReport:
         """Index the image files named or found in folders under `paths`; see the module doc.
-        `progress(done, total)` is called after every batch."""
+        `progress`: True draws a progress bar on stderr (files embedded / to embed, skipped files
+        in the postfix) when stderr is a terminal; False draws none; a callable is called as
+        `progress(done, total)` after every batch instead."""
         files, not_images = image_files(paths)
         report = IndexReport(skipped=[(str(p), "not an image file") for p in not_images])
         files = [p.resolve() for p in files]
@@ -138,6 +150,17 @@ class ImageIndex:
         with self._db:
             self._db.executemany("UPDATE images SET size = ?, mtime_ns = ? WHERE path = ?", touched)
 
+        with progress_bar(progress is True, len(todo), "index") as bar:
+            bar.set_postfix(skipped=len(report.skipped), refresh=False)
+            self._embed_new(todo, batch_size, report, bar,
+                            progress if callable(progress) else None)
+        report.removed = self._prune(paths)
+        return report
+
+    def _embed_new(self, todo: list[tuple[str, int, int, str, bool]], batch_size: int,
+                   report: IndexReport, bar: Any,
+                   progress: Callable[[int, int], None] | None) -> None:
+        """Embed and store the files of `todo`, one committed transaction per batch."""
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
             digests = sorted({b[3] for b in batch})
@@ -160,10 +183,10 @@ class ImageIndex:
                         report.changed += 1
                 elif fresh.get(digest) != path:   # a duplicate of an unreadable file
                     report.skipped.append((path, "same content as an unreadable file"))
+            bar.update(len(batch))
+            bar.set_postfix(skipped=len(report.skipped), refresh=False)
             if progress:
                 progress(min(start + batch_size, len(todo)), len(todo))
-        report.removed = self._prune(paths)
-        return report
 
     def _embed(self, paths: list[str], report: IndexReport) -> list[np.ndarray | None]:
         """Embeddings of `paths`; None (and a line in the report) for files that cannot be read."""
