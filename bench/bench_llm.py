@@ -37,7 +37,9 @@ PROMPT = ("A small delivery robot rolls through a busy market at dawn. It has to
           "battery above twenty percent. Explain, step by step, how it should plan its route, what "
           "it should do when a crowd blocks the path, and how it should report its progress to the "
           "person waiting for the bread.")
-PRECISIONS = ("fp32", "int8", "int4")
+# int4 from the GGUF keeps the file's Q4_1/Q8_0 grid; "int4 requantized" is round-to-nearest
+# over the dequantized weights (export --requantize): faster, further from the reference.
+PRECISIONS = ("fp32", "int8", "int4", "int4 requantized")
 
 
 # -- workers: one engine, one fresh process ------------------------------------------------------
@@ -120,7 +122,8 @@ def main() -> None:
     common = {"threads": args.threads, "prompt": PROMPT, "new_tokens": args.new_tokens}
     engines: list[dict[str, Any]] = []
     for precision in PRECISIONS:
-        bundle = export_once(str(gguf), workdir / f"smollm2-{precision}", precision)
+        bundle = export_once(str(gguf), workdir / f"smollm2-{precision.replace(' ', '-')}",
+                             precision.split()[0], requantize=precision.endswith("requantized"))
         engines.append({"name": f"mmedge {precision}", "engine": "mmedge", "label": "mmedge",
                         "precision": precision, "bundle": str(bundle), **common})
     hf_folder = workdir / "smollm2-hf"
