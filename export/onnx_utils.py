@@ -1,8 +1,12 @@
-"""Small helpers over ONNX protos shared by the exporters: a graph's signature for the manifest."""
+"""Small helpers shared by the exporters: a graph's signature for the manifest, and a quiet
+torch.onnx export."""
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import warnings
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import onnx
 
@@ -22,3 +26,19 @@ def graph_signature(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
     """Inputs and outputs with dtypes and shapes; symbolic dims appear as their names."""
     return {"inputs": [_describe(v) for v in model.graph.input],
             "outputs": [_describe(v) for v in model.graph.output]}
+
+
+@contextmanager
+def quiet_torch_export() -> Iterator[None]:
+    """Keep torch.onnx's exporter chatter (missing torchvision ops, deprecations inside torch)
+    out of an export's output: none of it is actionable for the user. Errors still surface."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        logger.setLevel(level)

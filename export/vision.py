@@ -27,6 +27,8 @@ import torch
 
 from mmedge.errors import ExportError, UnsupportedModelError
 
+from .onnx_utils import quiet_torch_export
+
 SUPPORTED_TOWERS = ("clip_vision_model", "siglip_vision_model")
 EXTERNAL_DATA_BYTES = 1_500_000_000  # above this, weights go to `<name>.data` (protobuf caps a file at 2 GB)
 SAMPLE_BATCH = 2  # a batch-1 sample lets dynamo specialize the batch dim silently
@@ -115,7 +117,7 @@ def export_vision(model: torch.nn.Module, out_path: str | Path, opset: int = 23,
     h, w = image_size(model)
     sample = torch.randn(SAMPLE_BATCH, 3, h, w, dtype=param.dtype, device=param.device)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), quiet_torch_export():
             program = torch.onnx.export(
                 wrapper, (sample,), dynamo=True, opset_version=opset,
                 input_names=["pixel_values"], output_names=["image_features"],

@@ -37,7 +37,7 @@ import torch
 from mmedge.errors import ExportError, UnsupportedModelError
 
 from ..context import ExportContext
-from ..onnx_utils import graph_signature
+from ..onnx_utils import graph_signature, quiet_torch_export
 from ..preprocessing import image_spec_from_hf
 from ..text_spec import TOKENIZER_FILE, load_tokenizer
 from .. import vision
@@ -113,7 +113,7 @@ def _tower_precision(ctx: ExportContext) -> str:
 def _export_graph(wrapper: torch.nn.Module, sample: torch.Tensor, path: Path, input_name: str,
                   output_name: str, dynamic: dict[int, Any]) -> dict[str, list[dict[str, Any]]]:
     try:
-        with torch.no_grad():
+        with torch.no_grad(), quiet_torch_export():
             program = torch.onnx.export(wrapper.eval(), (sample,), dynamo=True, opset_version=OPSET,
                                         input_names=[input_name], output_names=[output_name],
                                         dynamic_shapes={input_name: dynamic}, verbose=False)

@@ -55,10 +55,9 @@ def format_info(info: dict[str, Any]) -> str:
     lines.append("graphs")
     for name, comp in info["components"].items():
         ins = comp["inputs"]
-        shown = ins if len(ins) <= 4 else ins[:3] + [{"name": f"... {len(ins) - 3} more", "dtype": "",
-                                                       "shape": []}]
         lines.append(f"  {name:<8} {comp['file']} ({comp['precision']})")
-        lines.append("           in:  " + "; ".join(_shape(i) for i in shown))
+        lines.append("           in:  " + "; ".join(_shape(i) for i in ins[:3])
+                     + (f"; ... {len(ins) - 3} more" if len(ins) > 3 else ""))
         lines.append("           out: " + "; ".join(_shape(o) for o in comp["outputs"][:2])
                      + (f"; ... {len(comp['outputs']) - 2} more" if len(comp["outputs"]) > 2 else ""))
     lines.append("files")
