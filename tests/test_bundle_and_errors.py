@@ -261,3 +261,13 @@ def test_chat_multi_turn_with_image(bundle, tmp_path, monkeypatch, capsys):
     second = calls[1]
     assert len(second["images"]) == 1                          # the first turn's image stays
     assert [m["role"] for m in second["messages"]] == ["user", "assistant", "user"]
+
+
+def test_bad_sampling_settings_fail_at_the_call(bundle):
+    from mmedge.errors import MMEdgeError
+
+    model = mmedge.load(bundle)
+    with pytest.raises(MMEdgeError, match="top_p"):
+        model.generate("hi", stream=True, temperature=0.7, top_p=1.5)   # before any iteration
+    with pytest.raises(PromptError, match="max_new_tokens"):
+        model.generate("hi", max_new_tokens=0)

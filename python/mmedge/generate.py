@@ -56,16 +56,21 @@ class GenerationStats:
         return steps / (self.decode_ms / 1e3) if steps > 0 and self.decode_ms else 0.0
 
 
+def make_sampler(config: GenerationConfig) -> Sampler:
+    """The sampler for `config`; raises MMEdgeError on invalid settings."""
+    return Sampler(temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
+                   repetition_penalty=config.repetition_penalty, seed=config.seed)
+
+
 def generate_tokens(decoder: Decoder, embed: Callable[[np.ndarray], np.ndarray],
                     prompt_ids: Sequence[int], prompt_embeds: np.ndarray,
-                    tokenizer: Tokenizer, config: GenerationConfig, context_length: int,
-                    stats: GenerationStats, started: float) -> Iterator[str]:
+                    tokenizer: Tokenizer, config: GenerationConfig, sampler: Sampler,
+                    context_length: int, stats: GenerationStats,
+                    started: float) -> Iterator[str]:
     """Yield text chunks as they are decoded. `prompt_embeds` [seq, hidden] already holds the
     image features; `embed` maps new token ids [n] to embeddings [n, hidden]."""
     room = context_length - len(prompt_ids)
     max_new = min(config.max_new_tokens, room)
-    sampler = Sampler(temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
-                      repetition_penalty=config.repetition_penalty, seed=config.seed)
     detok = StreamingDetokenizer(tokenizer)
     stops = StopStrings(config.stop)
     eos = set() if config.ignore_eos else set(tokenizer.eos_token_ids)

@@ -20,7 +20,7 @@ from .backend import Device, open_session, resolve_device
 from .bundle import Bundle, open_bundle
 from .decoder import Decoder
 from .errors import PromptError
-from .generate import GenerationConfig, GenerationStats, generate_tokens
+from .generate import GenerationConfig, GenerationStats, generate_tokens, make_sampler
 from .text import ChatTemplate, Tokenizer
 
 Message = dict[str, Any]
@@ -163,6 +163,7 @@ class Model:
              config: GenerationConfig) -> Iterator[str]:
         # Everything up to the first yield runs when the caller starts iterating; validate eagerly
         # so that errors surface at the call, not at the first `next()`.
+        sampler = make_sampler(config)
         stats = self.last_stats = GenerationStats()
         started = time.perf_counter()
         ids = self.prompt_ids(messages, len(images))
@@ -180,7 +181,7 @@ class Model:
             stats.image_tokens = int(features.shape[0] * features.shape[1])
         embeds = self.prompt_embeddings(ids, features)
         return generate_tokens(self._decoder, self.embed_tokens, ids, embeds, self.tokenizer,
-                               config, self.context_length, stats, started)
+                               config, sampler, self.context_length, stats, started)
 
 
 def load(bundle: str | Path, device: str = "auto", threads: int | None = None,
