@@ -42,10 +42,14 @@ CLIP_EPILOG = """examples:
 """
 
 
-def _add_generation_args(p: argparse.ArgumentParser) -> None:
+def _add_device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where to run (default: auto = CUDA if available, else CPU)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+
+
+def _add_generation_args(p: argparse.ArgumentParser) -> None:
+    _add_device_args(p)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0)
@@ -102,8 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--prompt", default=None)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=None)
+    _add_device_args(p)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("classify", help="zero-shot classification of an image (CLIP/SigLIP bundles)",
@@ -115,8 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='prompt with {} for the label (repeatable; averaged as in CLIP\'s zero-shot '
                         'recipe; default "a photo of a {}.")')
     p.add_argument("--json", action="store_true")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=None)
+    _add_device_args(p)
 
     p = sub.add_parser("embed", help="embed images or texts into a .npy file (CLIP/SigLIP bundles)",
                        epilog=CLIP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -127,8 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the .npy to write: float32 [rows, dim], L2-normalized; the row order "
                         "(paths or texts) goes to <output stem>.rows.txt")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=None)
+    _add_device_args(p)
 
     p = sub.add_parser("index", help="add image files to a search index (SQLite; incremental)",
                        epilog=CLIP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -136,8 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("db", help="the index file (created if missing), e.g. photos.sqlite")
     p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=None)
+    _add_device_args(p)
 
     p = sub.add_parser("search", help="the indexed images closest to a text or an image",
                        epilog=CLIP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -149,8 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", default=None, metavar="PNG",
                    help="also write a contact sheet of the query and the hits to this PNG")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=None)
+    _add_device_args(p)
     return parser
 
 
