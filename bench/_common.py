@@ -75,6 +75,16 @@ def emit_result(result: dict[str, Any]) -> None:
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
+def serve_worker(worker_spec: str | None, workers: dict[str, Any]) -> bool:
+    """If this process was started by `run_worker` (`--worker SPEC`), run the named engine's
+    worker, hand its result back, and return True; otherwise return False."""
+    if not worker_spec:
+        return False
+    spec = json.loads(worker_spec)
+    emit_result(workers[spec["engine"]](spec))
+    return True
+
+
 def medians(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-key median of the numeric fields of `rows`; other fields are taken from the first row."""
     out: dict[str, Any] = {}

@@ -26,7 +26,6 @@ The HF folder, the bundles and the JPEG folder are made once in --workdir and re
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (emit_result, export_once, fmt, load_average, markdown_table,  # noqa: E402
+from _common import (serve_worker, export_once, fmt, load_average, markdown_table,  # noqa: E402
                      medians, run_process, run_worker)
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "hf" / "clip-vit-base-patch32"
@@ -161,9 +160,7 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/mmedge-bench-clip")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.worker:
-        spec = json.loads(args.worker)
-        emit_result({"mmedge": _mmedge_worker, "transformers": _transformers_worker}[spec["engine"]](spec))
+    if serve_worker(args.worker, {"mmedge": _mmedge_worker, "transformers": _transformers_worker}):
         return
 
     work = Path(args.workdir)

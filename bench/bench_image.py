@@ -21,15 +21,14 @@ The HF folder and the bundles are cached in --workdir and re-used.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (emit_result, export_once, fmt, load_average, markdown_table,  # noqa: E402
-                     medians, run_worker)
+from _common import (export_once, fmt, load_average, markdown_table,  # noqa: E402
+                     medians, run_worker, serve_worker)
 
 PROMPT = "Describe this image briefly."
 CONFIGS = (("fp32", "int4"), ("int8", "int4"), ("int8", "int8"))  # (vision, decoder) precision
@@ -158,9 +157,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mmedge-bench"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        spec = json.loads(args.worker)
-        emit_result(WORKERS[spec["engine"]](spec))
+    if serve_worker(args.worker, WORKERS):
         return
 
     workdir = args.workdir.expanduser()

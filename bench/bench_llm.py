@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (emit_result, export_once, find_tool, fmt, llama_bench,  # noqa: E402
+from _common import (export_once, find_tool, fmt, llama_bench,  # noqa: E402
                      llama_quantize, load_average, markdown_table, medians, run_worker,
-                     smollm2_gguf)
+                     smollm2_gguf, serve_worker)
 
 PROMPT = ("A small delivery robot rolls through a busy market at dawn. It has to reach a bakery on "
           "the far side of the square, avoid the stalls that are still being set up, and keep its "
@@ -111,9 +111,7 @@ def main() -> None:
                         help="a llama.cpp build folder with bin/llama-bench (and llama-quantize)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        spec = json.loads(args.worker)
-        emit_result(WORKERS[spec["engine"]](spec))
+    if serve_worker(args.worker, WORKERS):
         return
 
     workdir = args.workdir.expanduser()
