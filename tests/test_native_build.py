@@ -3,7 +3,8 @@ package's version, and reports its CUDA build and devices truthfully. Also check
 `mmedge.native` reports a missing extension instead of failing.
 
 Tests that need `_C` skip when it is not built (a source-tree run without `pip install .`).
-Kernel tests do not live here.
+Kernel tests do not live here. CI says which build it is testing with MMEDGE_EXPECT_CUDA_BUILD (0: the
+MMEDGE_CUDA=OFF install of scripts/cpu_only_build.sh; 1: the default build where nvcc is on PATH).
 """
 
 from __future__ import annotations
@@ -39,6 +40,17 @@ def test_reports_cuda_build_and_devices(C: ModuleType) -> None:
     if not C.built_with_cuda:
         assert count == 0
     print(f"mmedge._C {C.__version__}: built_with_cuda={C.built_with_cuda}, cuda devices={count}")
+
+
+def test_built_with_cuda_as_ci_expects(C: ModuleType) -> None:
+    # A build that silently came out without (or with) CUDA, or an installed copy shadowing the one
+    # under test, fails here instead of passing the CPU tests unnoticed.
+    expected = os.environ.get("MMEDGE_EXPECT_CUDA_BUILD")
+    if expected not in ("0", "1"):
+        pytest.skip("MMEDGE_EXPECT_CUDA_BUILD (0 or 1) is not set; CI sets it")
+    assert C.built_with_cuda is (expected == "1"), (
+        f"{C.__file__} has built_with_cuda={C.built_with_cuda}, "
+        f"MMEDGE_EXPECT_CUDA_BUILD={expected}")
 
 
 @pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine may have a GPU")
