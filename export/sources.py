@@ -1,4 +1,5 @@
-"""Where a model comes from: a Hugging Face hub id, a local HF folder, or a GGUF file.
+"""Where a model comes from: a Hugging Face hub id, a local HF folder, a GGUF file, or the name of one
+of mmedge's own reference models (`mmedge-tiny-clip`, `mmedge-tiny-vlm`, see mmedge.models.reference).
 
 Every source is turned into a local HF folder (config.json, safetensors weights, tokenizer files)
 that the family recipes read. A GGUF file is dequantized by transformers into fp32 and written
@@ -18,6 +19,7 @@ from mmedge.errors import ExportError, UnsupportedModelError
 
 # Files a snapshot needs; weights only as safetensors.
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.txt"]
+REFERENCE_MODELS = ("mmedge-tiny-clip", "mmedge-tiny-vlm")   # = mmedge.models.reference.NAMES
 
 
 @dataclass
@@ -39,11 +41,16 @@ def resolve(model: str, workdir: Path) -> Source:
         if not path.is_dir():
             raise ExportError(f"{path} is neither a folder with config.json nor a .gguf file.")
         return Source(path, _read_config(path), str(path))
+    if model in REFERENCE_MODELS:
+        from mmedge.models import reference   # the committed weights, assembled into an HF folder
+
+        folder = reference.build(model, workdir / model)
+        return Source(folder, _read_config(folder), f"mmedge:{model}")
     if model.count("/") == 1 and not model.startswith((".", "/")):
         folder = _download(model, workdir / "hub")
         return Source(folder, _read_config(folder), f"hf:{model}")
-    raise ExportError(f"'{model}' is not a local folder, a .gguf file, or a Hugging Face hub id "
-                      f"(owner/name).")
+    raise ExportError(f"'{model}' is not a local folder, a .gguf file, a Hugging Face hub id "
+                      f"(owner/name), or one of mmedge's reference models ({', '.join(REFERENCE_MODELS)}).")
 
 
 def _read_config(folder: Path) -> dict[str, Any]:

@@ -202,7 +202,7 @@ def tiny_llava_model(vision: VisionTower = "clip", text: TextArch = "llama", see
     return LlavaForConditionalGeneration(config).eval()
 
 
-def _image_processor(vision_config: PreTrainedConfig):
+def image_processor(vision_config: PreTrainedConfig):
     size = vision_config.image_size
     if vision_config.model_type == "clip_vision_model":
         return CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
@@ -212,11 +212,11 @@ def _image_processor(vision_config: PreTrainedConfig):
                                    image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
 
 
-def _save_llava(model: LlavaForConditionalGeneration, tok: PreTrainedTokenizerBase, out_dir: Path) -> Path:
+def save_llava(model: LlavaForConditionalGeneration, tok: PreTrainedTokenizerBase, out_dir: Path) -> Path:
     config = model.config
     vision_config = config.vision_config
     processor = LlavaProcessor(
-        image_processor=_image_processor(vision_config), tokenizer=tok,
+        image_processor=image_processor(vision_config), tokenizer=tok,
         patch_size=vision_config.patch_size,
         vision_feature_select_strategy=config.vision_feature_select_strategy,
         num_additional_image_tokens=1 if vision_config.model_type == "clip_vision_model" else 0,
@@ -247,7 +247,7 @@ def build_tiny_llava(out_dir: str | Path, vision: VisionTower = "clip", text: Te
                              vision_feature_select_strategy=vision_feature_select_strategy,
                              vocab_size=_padded(len(tok)), image_token_id=image_token_id)
     _silence_unused_rows(model, len(tok), image_token_id)
-    return _save_llava(model, tok, Path(out_dir))
+    return save_llava(model, tok, Path(out_dir))
 
 
 def build_tiny_llm(out_dir: str | Path, arch: TextArch = "llama", seed: int = 0) -> Path:
@@ -263,15 +263,11 @@ def build_tiny_llm(out_dir: str | Path, arch: TextArch = "llama", seed: int = 0)
     return out
 
 
-def build_llava_shaped(out_dir: str | Path, vision_preset: str = "vit-l-14-336", seed: int = 0) -> Path:
-    """Save a LLaVA-1.5-shaped model for benchmarks: real-shape CLIP tower and projector (random, seeded)
-    around the real SmolLM2-135M-Instruct text model (dequantized from the GGUF).
-
-    ViT-L/14-336 gives 576 image tokens, ViT-B/16-224 gives 196 (vision_feature_layer -2, "default").
-    Slow (tens of seconds) and ~0.9 GB for ViT-L: never call it from tests.
-    """
-    if vision_preset not in VISION_PRESETS:
-        raise ValueError(f"vision_preset must be one of {sorted(VISION_PRESETS)}, got {vision_preset!r}")
+def llava_around_smollm2(vision_config: PreTrainedConfig, vision_feature_layer: FeatureLayer = -2,
+                         select_strategy: str = "default", seed: int = 0) -> LlavaForConditionalGeneration:
+    """A LlavaForConditionalGeneration whose text model is the real SmolLM2-135M-Instruct (dequantized
+    from the GGUF, fp32) and whose vision tower and projector are fresh (seeded) for `vision_config`.
+    Its tokenizer is `load_tokenizer(IMAGE_TOKEN)`."""
     gguf = smollm2_gguf()
     # The GGUF loads as a dequantized fp32 LlamaForCausalLM that save_pretrained refuses (it still
     # carries a quantization_config): rebuild a plain Llama config and copy the weights over.
@@ -282,8 +278,7 @@ def build_llava_shaped(out_dir: str | Path, vision_preset: str = "vit-l-14-336",
     image_token_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
     text_dict["vocab_size"] = _padded(len(tok))
     text_config = LlamaConfig(**text_dict)
-    vision_config = CLIPVisionConfig(projection_dim=768, **VISION_PRESETS[vision_preset])
-    config = _llava_config(vision_config, text_config, image_token_id, -2, "default")
+    config = _llava_config(vision_config, text_config, image_token_id, vision_feature_layer, select_strategy)
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
     with torch.no_grad():
@@ -297,8 +292,21 @@ def build_llava_shaped(out_dir: str | Path, vision_preset: str = "vit-l-14-336",
     if missing:
         raise RuntimeError(f"SmolLM2 weights missing for {sorted(missing)[:5]}")
     _silence_unused_rows(model, len(tok), image_token_id)
-    del smol
-    return _save_llava(model, tok, Path(out_dir))
+    return model
+
+
+def build_llava_shaped(out_dir: str | Path, vision_preset: str = "vit-l-14-336", seed: int = 0) -> Path:
+    """Save a LLaVA-1.5-shaped model for benchmarks: real-shape CLIP tower and projector (random, seeded)
+    around the real SmolLM2-135M-Instruct text model (dequantized from the GGUF).
+
+    ViT-L/14-336 gives 576 image tokens, ViT-B/16-224 gives 196 (vision_feature_layer -2, "default").
+    Slow (tens of seconds) and ~0.9 GB for ViT-L: never call it from tests.
+    """
+    if vision_preset not in VISION_PRESETS:
+        raise ValueError(f"vision_preset must be one of {sorted(VISION_PRESETS)}, got {vision_preset!r}")
+    vision_config = CLIPVisionConfig(projection_dim=768, **VISION_PRESETS[vision_preset])
+    model = llava_around_smollm2(vision_config, -2, "default", seed)
+    return save_llava(model, load_tokenizer(IMAGE_TOKEN), Path(out_dir))
 
 
 def _feature_layer(text: str) -> FeatureLayer:

@@ -1,4 +1,4 @@
-"""The `mmedge` command line: export, run, chat, info, bench, and for CLIP/SigLIP bundles
+"""The `mmedge` command line: export, run, chat, info, bench, eval, and for CLIP/SigLIP bundles
 classify, embed, index and search.
 
 Every command but `export` uses only the runtime (no torch). Errors a user can fix are printed as
@@ -27,6 +27,8 @@ EPILOG = """examples:
   mmedge classify clip/ photo.jpg --labels "door,staircase,wall"
   mmedge embed clip/ photos/ -o photos.npy            # rows listed in photos.rows.txt
   mmedge index clip/ photos.sqlite photos/ && mmedge search clip/ photos.sqlite "a red door"
+  mmedge export mmedge-tiny-vlm -o tiny-vlm/ --quant int4   # mmedge's own reference VLM
+  mmedge eval tiny-vlm/ --scenes 50                   # accuracy on held-out generated scenes
 """
 
 CLIP_EPILOG = """examples:
@@ -148,6 +150,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10, help="how many results (default 10)")
     p.add_argument("--show", default=None, metavar="PNG",
                    help="also write a contact sheet of the query and the hits to this PNG")
+    p.add_argument("--json", action="store_true")
+    _add_device_args(p)
+
+    p = sub.add_parser("eval", help="accuracy on held-out generated scenes (any VLM or CLIP bundle)",
+                       epilog="""examples:
+  mmedge export mmedge-tiny-vlm -o tiny-vlm/ && mmedge eval tiny-vlm/ --scenes 50
+  mmedge export mmedge-tiny-clip -o tiny-clip/ && mmedge eval tiny-clip/ --scenes 500 --json
+  mmedge eval tiny-vlm/ --answers answers.jsonl    # every question, reference and answer
+
+VLMs: exact-match accuracy per question kind (colour, shape, count, position, word).
+CLIP/SigLIP: zero-shot accuracy (colour, shape, count) and text-to-image recall@1/@5.
+The scenes come from mmedge.scenes' held-out series: the same on every machine.""",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle")
+    p.add_argument("--scenes", type=int, default=50, help="held-out scenes to grade (default 50)")
+    p.add_argument("--answers", default=None, metavar="JSONL",
+                   help="VLMs: write each question, its reference answer and the model's to this file")
     p.add_argument("--json", action="store_true")
     _add_device_args(p)
     return parser
@@ -339,9 +358,21 @@ def cmd_search(args: argparse.Namespace) -> None:
         print(f"{score:7.4f}  {path}")
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate_bundle, format_figures
+    from .model import load
+
+    if args.scenes < 1:
+        raise MMEdgeError("--scenes must be at least 1.")
+    model = load(args.bundle, device=args.device, threads=args.threads)
+    print(f"[mmedge] {model.device.note}", file=sys.stderr)
+    figures = evaluate_bundle(model, args.scenes, answers_path=args.answers)
+    print(json.dumps(figures, indent=2) if args.json else format_figures(figures))
+
+
 COMMANDS = {"export": cmd_export, "run": cmd_run, "chat": cmd_chat, "info": cmd_info,
             "bench": cmd_bench, "classify": cmd_classify, "embed": cmd_embed,
-            "index": cmd_index, "search": cmd_search}
+            "index": cmd_index, "search": cmd_search, "eval": cmd_eval}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
