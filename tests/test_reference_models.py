@@ -1,0 +1,258 @@
+"""mmedge's reference models (trained here on generated scenes) and the quality gates they carry.
+
+- The scene generator is deterministic, and its questions are answerable from what it drew.
+- The committed weights match weights/SHA256SUMS, and a tampered file is refused.
+- mmedge-tiny-clip exported fp32 gives the torch model's held-out figures; its zero-shot accuracy
+  stays above the gate; int8 stays within a few points of fp32.
+- mmedge-tiny-vlm exported fp32 answers every held-out question exactly as transformers does on the
+  same weights; fp32 accuracy stays above the gate; int4 stays within the measured drop of fp32.
+  int8 does not (an open defect, marked xfail strict so that a fix turns it into a failure to update).
+
+The gates are the figures measured when the models were trained (models/weights/*/training.json and
+the issue note) minus a margin; they fail if export, quantization or preprocessing costs accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import mmedge
+from mmedge import evaluate, scenes
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from mmedge.errors import ExportError  # noqa: E402
+from mmedge.export import export_model  # noqa: E402
+from mmedge.models import reference  # noqa: E402
+
+CLIP_SCENES = 300
+VLM_SCENES = 24
+# Gates (percent): measured on the fp32 bundle over the same held-out scenes, minus a margin.
+# mmedge-tiny-clip, 1000 held-out scenes (training.json): colour 100, count 98.2, recall@5 75.6;
+# shape 21.0 is chance (1 in 5), so it has no gate: the tower does not tell shapes apart.
+CLIP_GATES = {"zero_shot_colour": 95.0, "zero_shot_count": 90.0, "recall@5": 65.0}
+# mmedge-tiny-vlm fp32 bundle, these 24 scenes (100 questions): colour 41.7, shape 16.7 (chance),
+# count 54.2, position 19.0, word 0, all 31.0. The issue's 90% colour/shape target is not met (see
+# models/weights/README.md); these gates hold what exists.
+VLM_GATES = {"exact_colour": 35.0, "exact_count": 45.0, "exact_all": 26.0}
+# Points below fp32, overall. Measured: clip int8 -0.3 (recall@1); vlm int4 -13 (18.0 vs 31.0).
+QUANTIZED_MAX_DROP = {"clip-int8": 5.0, "vlm-int8": 8.0, "vlm-int4": 16.0}
+
+
+# ------------------------------------------------------------------------------------------- scenes
+
+def test_scenes_are_deterministic_and_series_differ():
+    a, b = scenes.scene(7), scenes.scene(7)
+    assert a.objects == b.objects and a.word == b.word
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert a.image.size == (scenes.SCENE_SIZE, scenes.SCENE_SIZE) and a.image.mode == "RGB"
+    held = [scenes.scene(i, scenes.HELD_OUT_SEED) for i in range(50)]
+    train = [scenes.scene(i) for i in range(50)]
+    assert sum(h.objects == t.objects for h, t in zip(held, train)) < 5
+
+
+def test_scene_questions_are_answerable_from_the_scene():
+    kinds = set()
+    for s in scenes.scenes(300, scenes.HELD_OUT_SEED):
+        assert 1 <= len(s.objects) <= 4
+        assert len({o.shape for o in s.objects}) == len(s.objects)      # "the star" names one object
+        assert len({o.colour for o in s.objects}) == len(s.objects)
+        assert len({o.position for o in s.objects} | ({s.sign_position} if s.word else set())) \
+            == len(s.objects) + (1 if s.word else 0)
+        for q in s.questions():
+            kinds.add(q.kind)
+            if q.kind == "count":
+                assert q.answer == str(len(s.objects))
+            elif q.kind == "word":
+                assert q.answer == s.word and s.word in s.caption()
+            elif q.kind == "colour":
+                assert [o.colour for o in s.objects if o.shape in q.question] == [q.answer]
+            elif q.kind == "shape":
+                assert [o.shape for o in s.objects if o.colour in q.question] == [q.answer]
+            else:
+                assert q.answer in [o.position for o in s.objects]
+    assert kinds == set(scenes.QUESTION_KINDS)
+
+
+def test_scene_draws_each_object_in_its_colour_and_place():
+    for i in range(40):
+        s = scenes.scene(i, scenes.HELD_OUT_SEED)
+        pixels = np.asarray(s.image, np.float32)
+        for obj in s.objects:
+            x0, x1, y0, y1 = scenes._REGIONS[obj.position]
+            box = pixels[int(y0 * 160) - 6:int(y1 * 160) + 6, int(x0 * 160) - 6:int(x1 * 160) + 6]
+            distance = np.linalg.norm(box - np.array(scenes.COLOURS[obj.colour], np.float32), axis=-1)
+            assert (distance < 40).sum() >= 20, (i, obj)        # a patch of the object's own colour
+
+
+@pytest.mark.parametrize("text,expected", [("Red.", "red"), ("It is red", "red"), ("three", "3"),
+                                           ("The center", "centre"), ("STOP!", "stop"), ("4", "4")])
+def test_normalize_answer(text, expected):
+    assert scenes.normalize_answer(text) == expected
+
+
+# ------------------------------------------------------------------------------------ the weights
+
+def test_committed_weights_match_their_checksums(tmp_path):
+    reference.verify(reference.CLIP_DIR)
+    reference.verify(reference.VLM_DIR)
+    copy = tmp_path / "weights"
+    shutil.copytree(reference.WEIGHTS, copy)
+    sums = copy / reference.CHECKSUMS.name
+    reference.verify(copy / reference.CLIP_DIR.name, sums)
+    with open(copy / reference.VLM_DIR.name / reference.PROJECTOR_FILE, "r+b") as f:
+        f.seek(-3, 2)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(ExportError, match="does not match its sha256"):
+        reference.verify(copy / reference.VLM_DIR.name, sums)
+    (copy / reference.CLIP_DIR.name / "model.safetensors").unlink()
+    with pytest.raises(ExportError, match="missing"):
+        reference.verify(copy / reference.CLIP_DIR.name, sums)
+
+
+# ------------------------------------------------------------------------------------- tiny CLIP
+
+@pytest.fixture(scope="module")
+def clip_bundles(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny-clip")
+    out = {}
+    for precision in ("fp32", "int8"):
+        out[precision] = root / precision
+        export_model("mmedge-tiny-clip", out[precision], precision=precision, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def clip_figures(clip_bundles):
+    held = evaluate.held_out(CLIP_SCENES)
+    out = {}
+    for precision, path in clip_bundles.items():
+        model = mmedge.load(path, device="cpu")
+        out[precision] = evaluate.clip_metrics(model.embed_images, model.embed_texts, held)
+    return out
+
+
+def test_tiny_clip_bundle_gives_the_torch_figures(clip_figures):
+    from mmedge.models.train_tiny_clip import torch_embedders
+
+    model = reference.load_clip()
+    tokenizer = reference.build_clip_tokenizer()
+    expected = evaluate.clip_metrics(*torch_embedders(model, tokenizer, reference.clip_image_processor()),
+                                     evaluate.held_out(CLIP_SCENES))
+    for key, value in expected.items():
+        assert clip_figures["fp32"][key] == pytest.approx(value, abs=0.5), key
+
+
+def test_tiny_clip_quality_gate(clip_figures):
+    print("\ntiny-clip held-out figures:", json.dumps(clip_figures))
+    fp32 = clip_figures["fp32"]
+    for key, gate in CLIP_GATES.items():
+        assert fp32[key] >= gate, (key, fp32[key])
+    for key in ("zero_shot_colour", "zero_shot_shape", "zero_shot_count", "recall@5"):
+        assert clip_figures["int8"][key] >= fp32[key] - QUANTIZED_MAX_DROP["clip-int8"], key
+
+
+def test_tiny_clip_classifies_a_scene_out_of_the_box(clip_bundles):
+    s = next(s for s in evaluate.held_out(200) if len(s.objects) == 1)
+    model = mmedge.load(clip_bundles["fp32"], device="cpu")
+    ranked = model.classify(s.image, list(scenes.COLOURS), templates=["a photo of a {} shape."])
+    assert ranked[0][0] == s.objects[0].colour
+
+
+# -------------------------------------------------------------------------------------- tiny VLM
+
+@pytest.fixture(scope="module")
+def vlm_bundles(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny-vlm")
+    folder = reference.build_tiny_vlm(root / "hf")
+    out = {"folder": folder}
+    for precision in ("fp32", "int8", "int4"):
+        out[precision] = root / precision
+        export_model(str(folder), out[precision], precision=precision, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def vlm_reports(vlm_bundles):
+    held = evaluate.held_out(VLM_SCENES)
+    out = {}
+    for precision in ("fp32", "int8", "int4"):
+        model = mmedge.load(vlm_bundles[precision], device="cpu")
+        out[precision] = evaluate.vlm_metrics(
+            lambda image, q: model.generate(q, images=[image], max_new_tokens=12), held)
+    return out
+
+
+def test_tiny_vlm_fp32_bundle_answers_as_transformers(vlm_bundles, vlm_reports):
+    from transformers import LlavaForConditionalGeneration
+
+    from mmedge.models import tiny
+    from mmedge.models.train_tiny_vlm import torch_answerer
+
+    model = LlavaForConditionalGeneration.from_pretrained(str(vlm_bundles["folder"]), dtype=torch.float32).eval()
+    answer = torch_answerer(model, tiny.load_tokenizer(tiny.IMAGE_TOKEN), reference.clip_image_processor())
+    expected = evaluate.vlm_metrics(answer, evaluate.held_out(VLM_SCENES))
+    got = vlm_reports["fp32"].answers
+    assert len(got) == len(expected.answers) > 80
+    mismatches = [(e, g) for e, g in zip(expected.answers, got) if e[4].strip() != g[4].strip()]
+    assert not mismatches, mismatches[:5]
+
+
+def test_tiny_vlm_quality_gate(vlm_reports):
+    print("\ntiny-vlm held-out figures:", json.dumps({p: r.summary() for p, r in vlm_reports.items()}))
+    fp32 = vlm_reports["fp32"].summary()
+    for key, gate in VLM_GATES.items():
+        assert fp32[key] >= gate, (key, fp32[key])
+    int4 = vlm_reports["int4"].summary()
+    assert int4["exact_all"] >= fp32["exact_all"] - QUANTIZED_MAX_DROP["vlm-int4"], (int4, fp32)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known, open: the int8 (dynamic activation quantization) bundle answers 1% vs fp32's 31%. The "
+    "trained projector emits image embeddings ~60x the RMS of SmolLM2's token embeddings (9.2 vs "
+    "0.15), and the dynamically quantized decoder loses the prompt. strict: passes only once fixed."))
+def test_tiny_vlm_int8_stays_near_fp32(vlm_reports):
+    fp32, int8 = vlm_reports["fp32"].summary(), vlm_reports["int8"].summary()
+    assert int8["exact_all"] >= fp32["exact_all"] - QUANTIZED_MAX_DROP["vlm-int8"], (int8, fp32)
+
+
+# ------------------------------------------------------------------------------------- mmedge eval
+
+def test_eval_command_grades_a_clip_bundle(clip_bundles, clip_figures, capsys):
+    from mmedge.cli import main
+
+    assert main(["eval", str(clip_bundles["fp32"]), "--scenes", str(CLIP_SCENES), "--json", "--device", "cpu"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["kind"] == "clip" and figures["scenes"] == CLIP_SCENES
+    assert figures["zero_shot_colour"] == pytest.approx(clip_figures["fp32"]["zero_shot_colour"])
+
+
+def test_eval_command_grades_a_vlm_bundle_and_writes_answers(vlm_bundles, vlm_reports, tmp_path, capsys):
+    from mmedge.cli import main
+
+    answers = tmp_path / "answers.jsonl"
+    assert main(["eval", str(vlm_bundles["int4"]), "--scenes", "4", "--answers", str(answers)]) == 0
+    table = capsys.readouterr().out
+    assert "exact_colour" in table and "exact_all" in table
+    rows = [json.loads(line) for line in answers.read_text().splitlines()]
+    expected = [(s.index, q.question, q.answer) for s, q in evaluate.vlm_questions(evaluate.held_out(4))]
+    assert [(r["scene"], r["question"], r["reference"]) for r in rows] == expected
+    # The same bundle, the same questions: the answers the quality gate saw.
+    assert [r["answer"] for r in rows] == [a[4] for a in vlm_reports["int4"].answers[:len(rows)]]
+
+
+def test_eval_command_refuses_text_only_bundles_and_bad_counts(tmp_path, capsys):
+    from mmedge.cli import main
+    from mmedge.models.tiny import build_tiny_llm
+
+    bundle = tmp_path / "llm"
+    export_model(str(build_tiny_llm(tmp_path / "hf")), bundle, progress=False)
+    assert main(["eval", str(bundle), "--scenes", "2"]) == 2
+    assert "text-only" in capsys.readouterr().err
+    assert main(["eval", str(bundle), "--scenes", "0"]) == 2
+    assert "--scenes" in capsys.readouterr().err
