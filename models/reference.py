@@ -17,20 +17,16 @@ Needs torch and transformers; the runtime never imports it.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import (
-    AutoModelForCausalLM,
     CLIPConfig,
     CLIPImageProcessorPil,
     CLIPModel,
-    LlamaConfig,
-    LlavaConfig,
     LlavaForConditionalGeneration,
     PreTrainedTokenizerFast,
 )
@@ -114,11 +110,6 @@ def load_clip(folder: Path = CLIP_DIR) -> CLIPModel:
 
 # ------------------------------------------------------------------------------------- tiny VLM
 
-def vlm_config(clip: CLIPConfig, text_config: LlamaConfig, image_token_id: int) -> LlavaConfig:
-    return tiny._llava_config(clip.vision_config, text_config, image_token_id, VISION_FEATURE_LAYER,
-                              "default")
-
-
 def smollm2_llava(clip: CLIPModel) -> LlavaForConditionalGeneration:
     """The untrained tiny VLM: `clip`'s vision tower + a fresh projector + the real SmolLM2 (fp32)."""
     model = tiny.llava_around_smollm2(clip.config.vision_config, VISION_FEATURE_LAYER, "default")
@@ -196,9 +187,3 @@ def verify(folder: Path, checksums: Path = CHECKSUMS) -> None:
         if _sha256(path) != digest:
             raise ExportError(f"{path} does not match its sha256 in {checksums}; restore it from git "
                               f"or retrain the model.")
-
-
-def model_card() -> dict:
-    """The training figures the scripts recorded (weights/*/training.json)."""
-    return {folder.name: json.loads((folder / "training.json").read_text())
-            for folder in (CLIP_DIR, VLM_DIR) if (folder / "training.json").exists()}
