@@ -17,6 +17,7 @@ Needs torch and transformers; the runtime never imports it.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -187,3 +188,12 @@ def verify(folder: Path, checksums: Path = CHECKSUMS) -> None:
         if _sha256(path) != digest:
             raise ExportError(f"{path} does not match its sha256 in {checksums}; restore it from git "
                               f"or retrain the model.")
+
+
+def save_training_record(out: Path, committed_dir: Path, record: dict) -> None:
+    """Write a training run's record (training.json) beside its weights, refresh SHA256SUMS when the
+    run wrote into the committed folder, and print the record without its loss log."""
+    (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    if out.resolve() == committed_dir.resolve():
+        record_checksums(out)
+    print(json.dumps({k: v for k, v in record.items() if k != "loss_log"}, indent=1))

@@ -14,7 +14,6 @@ from the facts the generator knows (`mmedge.scenes.facts`).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 import time
@@ -138,10 +137,7 @@ def main(argv: list[str] | None = None) -> None:
               + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
               "settings": vars(args) | {"out": str(args.out)}, "parameters": sum(p.numel() for p in saved.parameters()),
               "minutes": round(minutes, 1), "torch": torch.__version__, "held_out": figures, "loss_log": log}
-    (args.out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
-    if args.out.resolve() == reference.CLIP_DIR.resolve():
-        reference.record_checksums(args.out)
-    print(json.dumps({k: v for k, v in record.items() if k != "loss_log"}, indent=1))
+    reference.save_training_record(args.out, reference.CLIP_DIR, record)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ kind, measured by greedy generation with transformers on the assembled fp32 mode
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 import sys
@@ -192,10 +191,7 @@ def main(argv: list[str] | None = None) -> None:
               "trained_parameters": sum(p.numel() for p in projector.parameters()),
               "minutes": round(minutes, 1), "torch": torch.__version__, "held_out": report.summary(),
               "loss_log": log}
-    (args.out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
-    if args.out.resolve() == reference.VLM_DIR.resolve():
-        reference.record_checksums(args.out)
-    print(json.dumps({k: v for k, v in record.items() if k != "loss_log"}, indent=1))
+    reference.save_training_record(args.out, reference.VLM_DIR, record)
 
 
 if __name__ == "__main__":
