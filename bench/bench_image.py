@@ -9,8 +9,9 @@ random (seeded) weights, the LLaVA MLP projector, and the real SmolLM2-135M-Inst
 weights make the answers meaningless but the speed real. The input is a 640x480 JPEG (written from
 `mmedge.benchmark.synthetic_frame`), the prompt "Describe this image briefly.", greedy, EOS ignored.
 
-Stages: preprocess (JPEG decode + resize/normalize; for transformers the whole processor call,
-tokenization included), encode (vision tower + projector), prefill (first decoder forward),
+Stages: preprocess (JPEG decode + resize/normalize, and for mmedge the patch embedding, fused in its
+kernel; for transformers the whole processor call, tokenization included), encode (vision tower +
+projector; for mmedge from the patch tokens on), prefill (first decoder forward),
 TTFT (call to first token), decode tok/s. Every configuration runs in its own fresh process, one
 warm-up then the measured run, alternating within each repetition; medians over repetitions.
 An accuracy note compares the int8 vision features with the fp32 ones on the same image.

@@ -1,8 +1,10 @@
 """Export a LLaVA vision tower + projector to one ONNX graph, check it against torch, quantize it.
 
-`export_vision` writes `vision.onnx`: `pixel_values` float32 [batch, 3, H, W] -> `image_features` float32
+`export_vision` writes `vision.onnx`: `patch_tokens` float32 [batch, tokens, D] (the tower's patch
+embedding, computed by mmedge's kernel at run time; see `patch_embedding`) -> `image_features` float32
 [batch, num_image_tokens, text_hidden], the rows that replace the image tokens in the decoder's input
-embeddings. The wrapper calls the vision tower and projector directly because transformers'
+embeddings. With `tokens_input=False` the graph takes `pixel_values` float32 [batch, 3, H, W] and
+includes the patch embedding (the full-graph path the split is tested against). The wrapper calls the vision tower and projector directly because transformers'
 `get_image_features` returns a per-image list (the batch gets baked in when traced). It follows
 transformers' `LlavaModel.get_image_features` exactly:
 
@@ -18,6 +20,7 @@ Not here: the decoder, image preprocessing, bundle writing.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +30,7 @@ import torch
 
 from mmedge.errors import ExportError, UnsupportedModelError
 
+from . import patch_embedding
 from .onnx_utils import quiet_torch_export
 
 SUPPORTED_TOWERS = ("clip_vision_model", "siglip_vision_model")
@@ -97,8 +101,9 @@ def _value_info(values) -> list[dict]:
 
 
 def export_vision(model: torch.nn.Module, out_path: str | Path, opset: int = 23, *,
-                  external_data: bool | None = None) -> dict:
-    """Export `model`'s vision tower + projector to `out_path` with a symbolic batch dim.
+                  external_data: bool | None = None, tokens_input: bool = True) -> dict:
+    """Export `model`'s vision tower + projector to `out_path` with a symbolic batch dim, starting
+    after the patch embedding (`tokens_input`, the bundle's graph) or at the pixels.
 
     Weights go in the .onnx file itself unless `external_data` is True, or None (the default) and they
     exceed 1.5 GB; then they go to `<out_path name>.data` beside it. opset 23 emits the fused ONNX
@@ -115,13 +120,17 @@ def export_vision(model: torch.nn.Module, out_path: str | Path, opset: int = 23,
     wrapper = VisionEncoder(model).eval()
     param = next(model.model.multi_modal_projector.parameters())
     h, w = image_size(model)
-    sample = torch.randn(SAMPLE_BATCH, 3, h, w, dtype=param.dtype, device=param.device)
+    if tokens_input:
+        sample, input_name = patch_embedding.sample_tokens(model, SAMPLE_BATCH), patch_embedding.TOKENS_INPUT
+    else:
+        sample, input_name = torch.randn(SAMPLE_BATCH, 3, h, w, dtype=param.dtype, device=param.device), "pixel_values"
     try:
-        with torch.no_grad(), quiet_torch_export():
+        with torch.no_grad(), quiet_torch_export(), \
+                (patch_embedding.tokens_input(model) if tokens_input else contextlib.nullcontext()):
             program = torch.onnx.export(
                 wrapper, (sample,), dynamo=True, opset_version=opset,
-                input_names=["pixel_values"], output_names=["image_features"],
-                dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch")}}, verbose=False,
+                input_names=[input_name], output_names=["image_features"],
+                dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
             )
     except Exception as e:  # torch.export / onnx conversion failures are many types
         raise ExportError(f"torch.onnx.export of the vision tower failed: {e}") from e
@@ -170,10 +179,14 @@ def torch_image_features(model: torch.nn.Module, pixel_values: torch.Tensor) -> 
 
 
 def vision_parity(model: torch.nn.Module, onnx_path: str | Path, pixel_values: np.ndarray | torch.Tensor) -> dict:
-    """Run `onnx_path` on ORT CPU and `model.get_image_features` on torch; return `compare` of the two."""
+    """Run `onnx_path` on ORT CPU and `model.get_image_features` on torch; return `compare` of the two.
+    A graph that takes patch tokens gets transformers' own patch embedding of `pixel_values`."""
     pv = torch.as_tensor(np.asarray(pixel_values, dtype=np.float32))
     ref = torch_image_features(model, pv.to(next(model.parameters()).dtype))
-    got = _ort_session(onnx_path).run(["image_features"], {"pixel_values": pv.numpy()})[0]
+    session = _ort_session(onnx_path)
+    name = session.get_inputs()[0].name
+    feed = pv if name == "pixel_values" else patch_embedding.torch_patch_tokens(model, pv).float()
+    got = session.run(["image_features"], {name: feed.numpy()})[0]
     if got.shape != ref.shape:
         raise ExportError(f"vision graph output {got.shape} != transformers' {ref.shape}")
     return compare(ref, got)

@@ -68,6 +68,22 @@ def test_truncated_file_is_named(copy):
         mmedge.load(copy)
 
 
+def test_patch_embedding_weights_are_checked(copy):
+    """A patch-embedding file that is not safetensors, or holds the wrong shapes, is refused by name
+    even with checksums skipped (a bundle rewritten with a fresh manifest)."""
+    from safetensors.numpy import save_file
+
+    path = copy / "patch_embedding.safetensors"
+    path.write_bytes(b"\x80\x04not safetensors at all")
+    with pytest.raises(BundleError, match="patch_embedding.safetensors .*cannot be read"):
+        mmedge.load(copy, verify=False)
+    dim = _manifest(copy)["image"]["patch_embedding"]["dim"]
+    save_file({"weight": np.zeros((dim, 3, 8, 8), np.float32),
+               "position_embedding": np.zeros((5, dim), np.float32)}, str(path))
+    with pytest.raises(BundleError, match="'position_embedding' is \\(5, "):
+        mmedge.load(copy, verify=False)
+
+
 def test_missing_manifest_means_incomplete(copy):
     (copy / "manifest.json").unlink()
     with pytest.raises(BundleError, match="manifest.json is missing"):

@@ -184,7 +184,16 @@ def test_manifest(exported):
     kind, _, manifest, reference, _ = exported
     assert manifest["family"] == "clip"
     components = manifest["components"]
-    assert components["image"]["inputs"][0]["shape"] == ["batch", 3, 32, 32]
+    # The image graph starts after the patch embedding (4x4 patches of 8 px, + CLIP's class token);
+    # its weights are in the bundle for the runtime's kernel.
+    tokens = 16 + (kind == "clip")
+    width = reference.config.vision_config.hidden_size
+    assert components["image"]["inputs"][0] == {"name": "patch_tokens", "dtype": "float32",
+                                                "shape": ["batch", tokens, width]}
+    patch = manifest["image"]["patch_embedding"]
+    assert (patch["num_tokens"], patch["dim"], patch["patch_size"]) == (tokens, width, 8)
+    assert patch["file"] in manifest["files"]
+    assert set(patch["tensors"]) == {"weight", "position_embedding", "class_embedding" if kind == "clip" else "bias"}
     assert components["image"]["outputs"][0]["shape"][0] == "batch"
     assert components["text"]["inputs"] == [{"name": "input_ids", "dtype": "int64",
                                              "shape": ["batch", "seq"]}]
@@ -225,7 +234,7 @@ def test_image_embedding_cache(exported):
 
     class Counting:
         def run(self, *args, **kwargs):
-            runs.append(args[1]["pixel_values"].shape[0])
+            runs.append(args[1]["patch_tokens"].shape[0])
             return session.run(*args, **kwargs)
 
     model._image = Counting()

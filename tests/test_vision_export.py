@@ -3,19 +3,27 @@
 Covers CLIP (CLS token) and SigLIP (none) towers, a single `vision_feature_layer` and a list of them
 (concatenated), both select strategies, batch 1 and 3 through one graph exported at batch 2, and the
 fp16 / int8 copies. Each model is a tiny seeded LLaVA saved to disk and reloaded, as a user's would be.
+The graphs start after the patch embedding; the runtime's path to them (camera frames through the
+patch-embedding kernel, mmedge.vision_input) is checked against the full graph from the pixels.
 """
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 import transformers
 
+from mmedge import kernels
 from mmedge.errors import ExportError, UnsupportedModelError
-from mmedge.export import vision
+from mmedge.export import patch_embedding, vision
+from mmedge.export.preprocessing import image_spec_from_hf
 from mmedge.models import tiny
+from mmedge.vision_input import VisionInput
 
 CASES = [  # (tower, vision_feature_layer, select strategy)
     ("clip", -2, "default"),
@@ -66,7 +74,9 @@ def test_io_description(exported, case):
     patches = (32 // 8) ** 2
     expected_tokens = patches + (tower == "clip") - (strategy == "default")
     assert info["num_image_tokens"] == expected_tokens == model.config.image_seq_length
-    assert info["inputs"] == [{"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, 32, 32]}]
+    width = model.config.vision_config.hidden_size
+    assert info["inputs"] == [{"name": "patch_tokens", "dtype": "float32",
+                               "shape": ["batch", patches + (tower == "clip"), width]}]
     assert info["outputs"] == [{"name": "image_features", "dtype": "float32",
                                 "shape": ["batch", expected_tokens, model.config.text_config.hidden_size]}]
     graph = onnx.load(str(onnx_path)).graph  # what a runtime sees, independent of export_vision's summary
@@ -102,11 +112,10 @@ def test_unused_final_layer_is_dropped(exported):
 def test_quantized_copies(exported, tmp_path, precision, max_rel, min_cos):
     model, onnx_path, _ = exported["clip--2-default"]
     out = vision.quantize_vision(onnx_path, tmp_path / f"vision_{precision}.onnx", precision)
-    import onnxruntime as ort
-
-    pixels = _pixels(2, seed=7)
-    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"pixel_values": pixels})[0]
-    ref = vision.torch_image_features(model, torch.from_numpy(pixels))
+    pixels = torch.from_numpy(_pixels(2, seed=7))
+    tokens = patch_embedding.torch_patch_tokens(model, pixels).numpy()
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"patch_tokens": tokens})[0]
+    ref = vision.torch_image_features(model, pixels)
     diff = vision.compare(ref, got)
     assert diff["max_abs_diff"] < max_rel * np.abs(ref).max(), diff
     assert diff["cosine"] > min_cos, diff
@@ -123,10 +132,39 @@ def test_external_data_and_older_opset(exported, tmp_path):
     graph = onnx.load(str(out), load_external_data=False).graph
     external = [t for t in graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     assert external and {e.value for t in external for e in t.external_data if e.key == "location"} == {"vision.onnx.data"}
-    assert (tmp_path / "vision.onnx.data").stat().st_size > 100_000  # the tower's and projector's weights
+    assert (tmp_path / "vision.onnx.data").stat().st_size > 50_000  # the encoder layers' and projector's weights
     assert "Attention" not in {n.op_type for n in graph.node}
     parity = vision.vision_parity(model, out, _pixels(2, seed=5))
     assert parity["max_abs_diff"] < 1e-4 and parity["cosine"] > 0.99999, parity
+
+
+FRAMES = [(37, 53), (240, 320), (481, 640), (8, 300)]   # odd, camera-like, tiny-and-wide frames
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_kernel_path_matches_full_graph(exported, case, tmp_path):
+    """Frames -> patch-embedding kernel -> the bundle's graph equals the full graph (patch conv
+    included) on the preprocessed pixels: cosine >= 0.99999 per feature vector in fp32."""
+    model, onnx_path, _ = exported[_case_id(case)]
+    full = tmp_path / "full.onnx"
+    info = vision.export_vision(model, full, tokens_input=False)
+    assert info["inputs"][0]["name"] == "pixel_values"
+    spec = image_spec_from_hf(json.loads((onnx_path.parent / "preprocessor_config.json").read_text()),
+                              model.config.vision_config.to_dict())
+    spec["patch_embedding"] = patch_embedding.save_patch_weights(model, tmp_path, vision.image_size(model))
+    manifest = {"image": spec, "files": {spec["patch_embedding"]["file"]: {}}}
+    rng = np.random.default_rng(3)
+    frames = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in FRAMES]
+    reference = ort.InferenceSession(str(full), providers=["CPUExecutionProvider"])
+    split = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    paths = ["numpy"] + (["kernel"] if kernels.available() else [])
+    for path in paths:
+        runtime = VisionInput(tmp_path, manifest, "patch_tokens", prefer_kernel=path == "kernel")
+        assert runtime.path == path
+        expected = reference.run(None, {"pixel_values": runtime.preprocessor(frames)})[0]
+        got = split.run(None, runtime(frames))[0]
+        diff = vision.compare(expected, got)
+        assert diff["cosine"] >= 0.99999 and diff["max_abs_diff"] < 1e-4, (path, diff)
 
 
 def test_rejects_non_llava(exported):

@@ -2,8 +2,10 @@
 `SiglipModel`, e.g. openai/clip-vit-base-patch32, google/siglip-base-patch16-224).
 
 Bundle (family "clip"):
-- `image.onnx`: `pixel_values` float32 [batch, 3, H, W] -> `image_embeds` float32 [batch, dim],
-  L2-normalized (CLIP: pooled CLS -> visual_projection; SigLIP: attention-pooling head).
+- `image.onnx`: `patch_tokens` float32 [batch, tokens, D] -> `image_embeds` float32 [batch, dim],
+  L2-normalized (CLIP: pooled CLS -> visual_projection; SigLIP: attention-pooling head). The tokens
+  are the tower's patch embedding, which mmedge's kernel computes from the frame with the weights in
+  `patch_embedding.safetensors` (see mmedge.export.patch_embedding).
 - `text.onnx`: `input_ids` int64 [batch, seq] -> `text_embeds` float32 [batch, dim], L2-normalized
   (CLIP: the EOS position's state -> text_projection; SigLIP: the last position -> head). No
   attention mask: CLIP's text tower is causal and pools at the first EOS, so padding after it
@@ -40,7 +42,7 @@ from ..context import ExportContext
 from ..onnx_utils import graph_signature, quiet_torch_export
 from ..preprocessing import image_spec_from_hf
 from ..text_spec import TOKENIZER_FILE, load_tokenizer
-from .. import vision
+from .. import patch_embedding, vision
 from ..vision import SAMPLE_BATCH, quantize_vision
 
 IMAGE_FILE = "image.onnx"
@@ -116,7 +118,7 @@ def _export_graph(wrapper: torch.nn.Module, sample: torch.Tensor, path: Path, in
         with torch.no_grad(), quiet_torch_export():
             program = torch.onnx.export(wrapper.eval(), (sample,), dynamo=True, opset_version=OPSET,
                                         input_names=[input_name], output_names=[output_name],
-                                        dynamic_shapes={input_name: dynamic}, verbose=False)
+                                        dynamic_shapes=(dynamic,), verbose=False)
     except Exception as e:  # torch.export / onnx conversion failures are many types
         raise ExportError(f"torch.onnx.export of {path.name} failed: {e}") from e
     weight_bytes = sum(v.const_value.nbytes for v in program.model.graph.initializers.values()
@@ -190,10 +192,12 @@ def export(ctx: ExportContext) -> None:
     components: dict[str, Any] = {}
     h, w = image["image_size"]
     ctx.step("image graph")
-    pixels = torch.randn(SAMPLE_BATCH, 3, h, w)
-    components["image"] = {"file": IMAGE_FILE, **_export_graph(
-        ImageTower(model), pixels, ctx.workdir / IMAGE_FILE, "pixel_values", "image_embeds",
-        {0: torch.export.Dim("batch")})}
+    image["patch_embedding"] = patch_embedding.save_patch_weights(model, ctx.out_dir, (h, w))
+    tokens = patch_embedding.sample_tokens(model, SAMPLE_BATCH)
+    with patch_embedding.tokens_input(model):
+        components["image"] = {"file": IMAGE_FILE, **_export_graph(
+            ImageTower(model), tokens, ctx.workdir / IMAGE_FILE, patch_embedding.TOKENS_INPUT,
+            "image_embeds", {0: torch.export.Dim("batch")})}
     ctx.step("text graph")
     ids = _sample_ids(ctx, text)
     seq = torch.export.Dim("seq", min=2, max=text["max_length"])
@@ -214,7 +218,7 @@ def export(ctx: ExportContext) -> None:
     ctx.manifest["quantization"] = {"image": precision, "text": precision}
 
     with torch.no_grad():
-        embeds = ImageTower(model)(pixels[:1])
+        embeds = ImageTower(model)(torch.randn(1, 3, h, w))
     ctx.manifest["clip"] = {
         "kind": kind,
         "embed_dim": int(embeds.shape[-1]),

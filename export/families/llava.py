@@ -1,8 +1,9 @@
 """LLaVA: a CLIP or SigLIP vision tower + MLP projector + a Llama, Qwen2 or Mistral text model
 (`LlavaForConditionalGeneration`, e.g. llava-hf/llava-1.5-7b-hf).
 
-Bundle: `vision.onnx` (tower + projector, honouring the config's vision_feature_layer and
-vision_feature_select_strategy), `embed.onnx` + `decoder.onnx` for the text model (split out of
+Bundle: `vision.onnx` (tower + projector from the patch tokens on, honouring the config's
+vision_feature_layer and vision_feature_select_strategy), `patch_embedding.safetensors` (the weights
+mmedge's patch-embedding kernel turns frames into those tokens with), `embed.onnx` + `decoder.onnx` for the text model (split out of
 the checkpoint into a plain causal-LM folder for the decoder builder), and the image
 preprocessing of the checkpoint's image processor.
 """
@@ -17,7 +18,8 @@ from mmedge.errors import ExportError
 from ..context import ExportContext
 from ..language_model import export_language_model
 from ..preprocessing import image_spec_from_hf
-from ..vision import export_vision, quantize_vision, vision_parity
+from ..patch_embedding import save_patch_weights
+from ..vision import export_vision, image_size, quantize_vision, vision_parity
 
 VISION_FILE = "vision.onnx"
 
@@ -76,6 +78,7 @@ def export(ctx: ExportContext) -> None:
     image["image_token_id"] = int(image_token_id)
     image["image_token"] = tokenizer.convert_ids_to_tokens(int(image_token_id))
     image["num_image_tokens"] = vision["num_image_tokens"]
+    image["patch_embedding"] = save_patch_weights(model, ctx.out_dir, image_size(model))
     ctx.manifest["image"] = image
 
     lm_folder = _split_text_model(model, ctx.workdir / "text-model", folder)

@@ -77,7 +77,7 @@ def format_bench(result: dict[str, Any]) -> str:
     rows = [("device", result["device"]),
             ("precision", ", ".join(f"{k} {v}" for k, v in result["quantization"].items())),
             ("prompt tokens", f"{m['prompt_tokens']:.0f}"),
-            ("image preprocess", f"{m['preprocess_ms']:.1f} ms"),
+            ("image preprocess + patches", f"{m['preprocess_ms']:.1f} ms"),
             ("image encode", f"{m['encode_ms']:.1f} ms"),
             ("prefill", f"{m['prefill_ms']:.1f} ms ({m['prefill_tok_s']:.0f} tok/s)"),
             ("time to first token", f"{m['ttft_ms']:.1f} ms"),

@@ -2,7 +2,7 @@
 
 This module owns the manifest format: what its fields are, how files are checksummed, and how a
 bundle is verified before anything in it is loaded. It never loads a graph itself, and it never
-reads pickles (a bundle holds only ONNX, JSON and tokenizer files).
+reads pickles (a bundle holds only ONNX, JSON, tokenizer and safetensors files).
 
 Format (FORMAT_VERSION 1), the fields a runtime relies on:
     format_version   int; a bundle newer than this runtime is refused
@@ -10,7 +10,10 @@ Format (FORMAT_VERSION 1), the fields a runtime relies on:
                      "clip" (CLIP/SigLIP image + text towers, see mmedge.clip)
     components       {name: {"file": ..., "inputs": [...], "outputs": [...], "precision": ...}}
                      names: "vision", "embed", "decoder"; "image", "text" for "clip"
-    image            preprocessing parameters (VLM bundles only, see mmedge.preprocess)
+    image            preprocessing parameters (see mmedge.preprocess) and "patch_embedding":
+                     {file, num_tokens, dim, patch_size, tensors}, the weights the runtime's
+                     patch-embedding kernel turns frames into the image graph's `patch_tokens`
+                     with (see mmedge.vision_input); VLM and CLIP bundles only
     text             tokenizer file, chat template, special tokens, context length
     decoder          num_layers, num_kv_heads, head_dim, hidden_size, vocab_size, kv_dtype
     clip             ("clip" family) kind, embed_dim, logit_scale (the multiplier), logit_bias

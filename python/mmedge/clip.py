@@ -13,7 +13,8 @@ the labels, SigLIP with a sigmoid per label (its probabilities need not sum to 1
 embeddings are cached in memory by the sha256 of the image's file bytes (paths, bytes) or pixels
 (PIL images, arrays), so a file embedded twice runs the image graph once.
 
-Not here: image decoding (mmedge.image), preprocessing (mmedge.preprocess), the export.
+Not here: image decoding (mmedge.image), preprocessing and patch embedding (mmedge.vision_input),
+the export.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .backend import Device, open_session, resolve_device
 from .bundle import Bundle
 from .errors import BundleError, ImageError, PromptError
 from .image import ImageLike
-from .preprocess import ImagePreprocessor
+from .vision_input import VisionInput
 
 __all__ = ["ClipModel", "DEFAULT_TEMPLATES"]
 
@@ -82,7 +83,8 @@ class ClipModel:
             self.padding: str = text["padding"]
             self.pad_token_id = int(text["pad_token_id"])
             tokenizer_file = bundle.root / text["tokenizer_file"]
-            image_spec = m["image"]
+            if not isinstance(m["image"], dict):
+                raise TypeError("'image' is not a table")
         except (KeyError, TypeError, ValueError) as e:
             raise BundleError(f"{bundle.root}: the manifest's CLIP entries are incomplete "
                               f"({type(e).__name__}: {e}); re-export the bundle.") from None
@@ -98,8 +100,8 @@ class ClipModel:
         backend.enable_truncation(self.max_length)
         backend.no_padding()
         self._tokenizer = backend
-        self._preprocessor = ImagePreprocessor(image_spec)
         self._image = open_session(bundle.path_of("image"), self.device, threads)
+        self._vision_input = VisionInput(bundle.root, m, self._image.get_inputs()[0].name, threads=threads)
         self._text = open_session(bundle.path_of("text"), self.device, threads)
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self.cache_size = cache_size
@@ -118,12 +120,20 @@ class ClipModel:
         quantized copy of the same model has another id: its embeddings differ slightly)."""
         files = self.bundle.manifest["files"]
         graphs = [files[self.bundle.components[name]["file"]]["sha256"] for name in ("image", "text")]
+        patch = (self.bundle.image or {}).get("patch_embedding")
+        if patch:   # the patch embedding's weights are part of the model too
+            graphs.append(files[patch["file"]]["sha256"])
         return hashlib.sha256(":".join(graphs).encode()).hexdigest()
 
     # -- building blocks ------------------------------------------------------------------------
     def preprocess(self, images: Sequence[ImageLike] | ImageLike) -> np.ndarray:
-        """Images -> the image graph's `pixel_values` [n, 3, H, W] float32."""
-        return self._preprocessor(images)
+        """Images -> `pixel_values` [n, 3, H, W] float32, as transformers' image processor makes
+        them (what the reference model takes; the bundle's own path fuses this into the kernel)."""
+        return self._vision_input.preprocessor(images)
+
+    def vision_input(self, images: Sequence[ImageLike] | ImageLike) -> dict[str, np.ndarray]:
+        """Images -> the image graph's input: patch tokens from the patch-embedding kernel."""
+        return self._vision_input(images)
 
     def tokenize(self, texts: Sequence[str]) -> np.ndarray:
         """Texts -> `input_ids` int64 [n, seq]: start/end tokens added, truncated to max_length,
@@ -167,8 +177,7 @@ class ClipModel:
                 todo.append(i)
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            pixels = self._preprocessor([images[i] for i in chunk])
-            embeds = self._image.run(None, {"pixel_values": pixels})[0]
+            embeds = self._image.run(None, self._vision_input([images[i] for i in chunk]))[0]
             for i, e in zip(chunk, embeds):
                 out[i] = e
                 if keys[i] is not None and self.cache_size > 0:

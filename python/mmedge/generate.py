@@ -38,8 +38,8 @@ class GenerationStats:
     prompt_tokens: int = 0
     image_tokens: int = 0
     new_tokens: int = 0
-    preprocess_ms: float = 0.0      # image decode + preprocessing
-    encode_ms: float = 0.0          # vision tower + projector
+    preprocess_ms: float = 0.0      # image decode + preprocessing + patch embedding (one kernel)
+    encode_ms: float = 0.0          # vision tower (after the patch embedding) + projector
     prefill_ms: float = 0.0         # embedding + first decoder call + first sampling
     decode_ms: float = 0.0          # every later decoder call and sampling
     ttft_ms: float = 0.0            # from the call to the first token (includes the stages above)

@@ -52,6 +52,10 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"image      {im['processor']} preprocessing to {im['image_size'][0]}x"
                      f"{im['image_size'][1]}, {im['num_image_tokens']} tokens per image "
                      f"({im['image_token']})")
+    if info["image"] and "patch_embedding" in info["image"]:
+        pe = info["image"]["patch_embedding"]
+        lines.append(f"patches    {pe['num_tokens']} tokens x {pe['dim']} from {pe['patch_size']}px patches, "
+                     f"by mmedge's patch-embedding kernel ({pe['file']})")
     lines.append("graphs")
     for name, comp in info["components"].items():
         ins = comp["inputs"]

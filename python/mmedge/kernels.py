@@ -12,8 +12,9 @@ CPU's AVX-512/AVX2 where present, release the GIL, and never copy their numpy in
   rows of a preallocated KV cache; `out` and `scratch` may be passed in so a decode step allocates
   nothing.
 
-Not wired into the runtime's image path or decoder yet. Nothing here imports torch or
-`mmedge.export`. Without `_C` (a source tree that was not built) `available()` is False and the
+`patch_embed` is the runtime's image path (mmedge.vision_input: every bundle's image graph starts
+after the patch embedding); `attention` is not wired into a decoder yet. Nothing here imports torch
+or `mmedge.export`. Without `_C` (a source tree that was not built) `available()` is False and the
 kernels raise RuntimeError saying how to build it.
 """
 

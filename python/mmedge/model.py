@@ -1,7 +1,8 @@
 """`mmedge.load(bundle)`: a bundle opened for generation, with or without images.
 
 Builds the prompt (chat template, one image placeholder per image expanded to the model's image
-token count), runs the vision graph on the images, writes the image features into the embedding
+token count), embeds the images' patches (mmedge.vision_input: the native patch-embedding kernel)
+and runs the vision graph on them, writes the image features into the embedding
 sequence at the image-token positions, and hands the result to the generation loop.
 
 What lives elsewhere: bundle verification (mmedge.bundle), image decoding and preprocessing
@@ -43,13 +44,14 @@ class Model:
                                 target=bundle.components["decoder"].get("target", "cpu"))
         self.image_spec = bundle.image
         self._vision = None
-        self._preprocessor = None
+        self._vision_input = None
         if self.image_spec is not None:
-            from .preprocess import ImagePreprocessor
+            from .vision_input import VisionInput
 
-            self._preprocessor = ImagePreprocessor(self.image_spec)
             self._vision = open_session(bundle.path_of("vision"), self.device, threads,
                                         spinning=False)
+            self._vision_input = VisionInput(bundle.root, bundle.manifest,
+                                             self._vision.get_inputs()[0].name, threads=threads)
         self.last_stats = GenerationStats()
 
     # -- properties a caller may want ---------------------------------------------------------
@@ -73,14 +75,24 @@ class Model:
     def encode_images(self, images: Sequence[Any]) -> np.ndarray:
         """Images (paths, bytes, PIL images or HxWxC arrays) -> features
         [n_images, image_tokens, hidden] in the language model's embedding space."""
-        return self._vision.run(None, {"pixel_values": self.preprocess(images)})[0]
+        return self._vision.run(None, self.vision_input(images))[0]
+
+    def vision_input(self, images: Sequence[Any]) -> dict[str, np.ndarray]:
+        """Images -> the vision graph's input: patch tokens [n, tokens, D] from the patch-embedding
+        kernel (`pixel_values` for a bundle whose graph includes the patch embedding)."""
+        self._require_vision()
+        return self._vision_input(images)
 
     def preprocess(self, images: Sequence[Any]) -> np.ndarray:
-        """Images -> the vision graph's `pixel_values` [n, 3, H, W] float32."""
+        """Images -> `pixel_values` [n, 3, H, W] float32, as transformers' image processor makes
+        them (what the reference model takes; the bundle's own path fuses this into the kernel)."""
+        self._require_vision()
+        return self._vision_input.preprocessor(images)
+
+    def _require_vision(self) -> None:
         if not self.accepts_images:
             raise PromptError("This bundle has no vision component: it is a text-only model. "
                               "Drop the images, or export a vision-language model.")
-        return self._preprocessor(images)
 
     def build_messages(self, prompt: str, n_images: int, system: str | None = None) -> list[Message]:
         """One user turn; image parts first, as LLaVA-style templates expect."""
@@ -173,10 +185,10 @@ class Model:
         features = None
         if images:
             t = time.perf_counter()
-            pixels = self._preprocessor(images)
+            feed = self._vision_input(images)       # preprocessing and patch embedding, fused
             stats.preprocess_ms = (time.perf_counter() - t) * 1e3
             t = time.perf_counter()
-            features = self._vision.run(None, {"pixel_values": pixels})[0]
+            features = self._vision.run(None, feed)[0]
             stats.encode_ms = (time.perf_counter() - t) * 1e3
             stats.image_tokens = int(features.shape[0] * features.shape[1])
         embeds = self.prompt_embeddings(ids, features)

@@ -1,8 +1,8 @@
 """The optional native extension `mmedge._C`: whether it is present and what it was built with.
 
-Kernels will be reached through here; for now this module only reports on the extension. mmedge
-runs without `_C` (its numpy and ONNX Runtime paths need nothing native), so a missing extension is
-a fact to report, not an error. Nothing here imports torch or `mmedge.export`.
+`mmedge.kernels` reaches the kernels through the `_C` loaded here. mmedge runs without `_C` (the
+image path then embeds patches with numpy, see mmedge.vision_input), so a missing extension is a fact
+to report, not an error. Nothing here imports torch or `mmedge.export`.
 """
 
 from __future__ import annotations
