@@ -11,6 +11,7 @@
 #include "cpu_simd.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 
@@ -304,14 +305,25 @@ MMEDGE_SIMD_VARIANT(avx2, __attribute__((target("avx2,fma"))), 8, 2, 4, 2)
 MMEDGE_SIMD_VARIANT(avx512, __attribute__((target("avx512f"))), 16, 4, 4, 6)
 #endif
 
+// MMEDGE_SIMD=generic|avx2 caps the instruction set below what the CPU offers, so that the tests
+// run every variant on one machine and a user can rule SIMD out when chasing a wrong result. Read
+// once, at the first kernel call; other values change nothing.
+bool isa_allowed(const char* isa) {
+  const char* cap = std::getenv("MMEDGE_SIMD");
+  if (cap == nullptr) return true;
+  if (std::strcmp(cap, "generic") == 0) return false;  // only the portable code
+  if (std::strcmp(cap, "avx2") == 0) return std::strcmp(isa, "avx512") != 0;
+  return true;
+}
+
 const Table& table() {
   static const Table t = [] {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f"))
+    if (__builtin_cpu_supports("avx512f") && isa_allowed("avx512"))
       return Table{"avx512", gemm_abt_avx512, gemm_ab_acc_avx512, softmax_cols_avx512,
                    max_of_avx512, exp_shift_sum_avx512};
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && isa_allowed("avx2"))
       return Table{"avx2", gemm_abt_avx2, gemm_ab_acc_avx2, softmax_cols_avx2, max_of_avx2,
                    exp_shift_sum_avx2};
 #endif

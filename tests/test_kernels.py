@@ -359,6 +359,43 @@ def test_attention_rejects_bad_arguments():
         kernels.attention(q, k, v, scratch=np.empty(3, np.float32))
 
 
+# ---- every SIMD variant -----------------------------------------------------------------------------
+
+_SIMD_CHILD = """
+import sys, numpy as np
+from mmedge import _C, kernels
+q, k, v, pixels, w = (np.load(sys.argv[1] + name + ".npy") for name in ("q", "k", "v", "pixels", "w"))
+np.save(sys.argv[1] + "attn.npy", kernels.attention(q, k, v, causal=True))
+np.save(sys.argv[1] + "patch.npy", _C.patch_embed(pixels, 40, 40, 40, 40, True, 1 / 255, False,
+                                                  [0.0] * 3, [1.0] * 3, w))
+print(_C.cpu_simd_isa())
+"""
+
+
+@pytest.mark.parametrize("isa", ["avx2", "generic"])
+def test_simd_variants_match_the_reference(isa, tmp_path):
+    """MMEDGE_SIMD caps the instruction set: the AVX2 and portable loops are checked here too."""
+    import os
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(5)
+    q = rng.standard_normal((1, 6, 37, 64), dtype=np.float32)
+    k, v = (rng.standard_normal((1, 2, 37, 64), dtype=np.float32) for _ in range(2))
+    pixels = frame(40, 40, seed=6)
+    w = rng.standard_normal((24, 3, 8, 8), dtype=np.float32)
+    for name, a in (("q", q), ("k", k), ("v", v), ("pixels", pixels), ("w", w)):
+        np.save(tmp_path / f"{name}.npy", a)
+    child = subprocess.run([sys.executable, "-c", _SIMD_CHILD, str(tmp_path) + "/"], check=True,
+                           capture_output=True, text=True, env=os.environ | {"MMEDGE_SIMD": isa})
+    order = ["generic", "avx2", "avx512"]
+    assert order.index(child.stdout.strip()) <= order.index(isa), child.stdout
+    assert_close(np.load(tmp_path / "attn.npy"), attention_ref(q, k, v, causal=True), "attention")
+    x = pixels.astype(np.float64) / 255
+    assert_close(np.load(tmp_path / "patch.npy"), patches_of(x.transpose(2, 0, 1), 8)
+                 @ w.reshape(24, -1).T.astype(np.float64), "patch_embed")
+
+
 # ---- CUDA, compared with the CPU reference --------------------------------------------------------
 
 needs_gpu = pytest.mark.skipif(not (_C.built_with_cuda and _C.cuda_available()),
