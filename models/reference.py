@@ -196,4 +196,4 @@ def save_training_record(out: Path, committed_dir: Path, record: dict) -> None:
     (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     if out.resolve() == committed_dir.resolve():
         record_checksums(out)
-    print(json.dumps({k: v for k, v in record.items() if k != "loss_log"}, indent=1))
+    print(json.dumps({k: v for k, v in record.items() if not k.endswith("loss_log")}, indent=1))

@@ -42,7 +42,7 @@ _REGIONS = {
     "top": (0.40, 0.60, 0.15, 0.20), "bottom": (0.40, 0.60, 0.80, 0.85),
     "centre": (0.48, 0.52, 0.48, 0.52),
 }
-_POSITION_PHRASE = {"left": "on the left", "right": "on the right", "top": "at the top",
+POSITION_PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top",
                     "bottom": "at the bottom", "centre": "in the centre"}
 
 
@@ -181,9 +181,9 @@ def _object_phrase(obj: SceneObject) -> str:
 
 
 def _caption(s: Scene, rng: random.Random | None) -> str:
-    parts = [f"{_object_phrase(o)} {_POSITION_PHRASE[o.position]}" for o in s.objects]
+    parts = [f"{_object_phrase(o)} {POSITION_PHRASES[o.position]}" for o in s.objects]
     if s.word is not None:
-        parts.append(f"a sign that says {s.word} {_POSITION_PHRASE[s.sign_position]}")
+        parts.append(f"a sign that says {s.word} {POSITION_PHRASES[s.sign_position]}")
     if rng is None:
         return ", ".join(parts) + "."
     rng.shuffle(parts)
@@ -221,7 +221,7 @@ def short_captions(s: Scene, rng: random.Random) -> list[tuple[str, frozenset[tu
            (f"a photo of a {o.shape}.", frozenset({("shape", o.shape)})),
            (f"a {o.shape}.", frozenset({("shape", o.shape)})),
            (f"a photo of {NUMBERS[n]} shape{'s' if n > 1 else ''}.", frozenset({("count", n)})),
-           (f"{_object_phrase(o)} {_POSITION_PHRASE[o.position]}.",
+           (f"{_object_phrase(o)} {POSITION_PHRASES[o.position]}.",
             frozenset({("object_at", o.colour, o.shape, o.position)}))]
     if s.word is not None:
         out.append((f"a sign that says {s.word}.", frozenset({("word", s.word)})))
@@ -242,17 +242,25 @@ _TEMPLATES = {
 }
 
 
+def object_question(obj: SceneObject, kind: str, rng: random.Random) -> Question:
+    """A "colour", "shape" or "position" question about one object (naming its other attributes)."""
+    answer = {"colour": obj.colour, "shape": obj.shape, "position": obj.position}[kind]
+    return Question(kind, rng.choice(_TEMPLATES[kind]).format(shape=obj.shape, colour=obj.colour), answer)
+
+
+def scene_question(s: Scene, kind: str, rng: random.Random) -> Question:
+    """A "count" or "word" question (the latter only for a scene with a sign)."""
+    return Question(kind, rng.choice(_TEMPLATES[kind]), str(len(s.objects)) if kind == "count" else s.word)
+
+
 def _questions(s: Scene, rng: random.Random) -> list[Question]:
-    out = []
     obj = rng.choice(s.objects)
-    fill = {"shape": obj.shape, "colour": obj.colour}
-    out.append(Question("colour", rng.choice(_TEMPLATES["colour"]).format(**fill), obj.colour))
-    out.append(Question("shape", rng.choice(_TEMPLATES["shape"]).format(**fill), obj.shape))
-    out.append(Question("count", rng.choice(_TEMPLATES["count"]), str(len(s.objects))))
+    out = [object_question(obj, "colour", rng), object_question(obj, "shape", rng),
+           scene_question(s, "count", rng)]
     if len(s.objects) > 1 or rng.random() < 0.5:
-        out.append(Question("position", rng.choice(_TEMPLATES["position"]).format(**fill), obj.position))
+        out.append(object_question(obj, "position", rng))
     if s.word is not None:
-        out.append(Question("word", rng.choice(_TEMPLATES["word"]), s.word))
+        out.append(scene_question(s, "word", rng))
     return out
 
 
