@@ -4,9 +4,10 @@
 embedding, computed by mmedge's kernel at run time; see `patch_embedding`) -> `image_features` float32
 [batch, num_image_tokens, text_hidden], the rows that replace the image tokens in the decoder's input
 embeddings. With `tokens_input=False` the graph takes `pixel_values` float32 [batch, 3, H, W] and
-includes the patch embedding (the full-graph path the split is tested against). The wrapper calls the vision tower and projector directly because transformers'
-`get_image_features` returns a per-image list (the batch gets baked in when traced). It follows
-transformers' `LlavaModel.get_image_features` exactly:
+includes the patch embedding (the full-graph path the split is tested against). The wrapper calls
+the vision tower and projector directly because transformers' `get_image_features` returns a
+per-image list (the batch gets baked in when traced). It follows transformers'
+`LlavaModel.get_image_features` exactly:
 
 - `vision_feature_layer` indexes the tower's hidden states (entry 0 is the input of the first encoder
   layer, -1 the last layer's output before any post-layernorm); a list concatenates the selected layers

@@ -181,7 +181,7 @@ def test_templates_are_averaged(exported):
 
 
 def test_manifest(exported):
-    kind, _, manifest, reference, _ = exported
+    kind, bundle, manifest, reference, _ = exported
     assert manifest["family"] == "clip"
     components = manifest["components"]
     # The image graph starts after the patch embedding (4x4 patches of 8 px, + CLIP's class token);
@@ -192,7 +192,7 @@ def test_manifest(exported):
                                                 "shape": ["batch", tokens, width]}
     patch = manifest["image"]["patch_embedding"]
     assert (patch["num_tokens"], patch["dim"], patch["patch_size"]) == (tokens, width, 8)
-    assert patch["file"] in manifest["files"]
+    assert patch["file"] in json.loads((bundle / "manifest.json").read_text())["files"]
     assert set(patch["tensors"]) == {"weight", "position_embedding", "class_embedding" if kind == "clip" else "bias"}
     assert components["image"]["outputs"][0]["shape"][0] == "batch"
     assert components["text"]["inputs"] == [{"name": "input_ids", "dtype": "int64",
