@@ -84,6 +84,14 @@ def test_patch_embedding_weights_are_checked(copy):
         mmedge.load(copy, verify=False)
 
 
+def test_tokens_graph_without_patch_embedding_entry_is_refused(copy):
+    manifest = _manifest(copy)
+    del manifest["image"]["patch_embedding"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="takes 'patch_tokens' but the manifest has no patch_embedding"):
+        mmedge.load(copy, verify=False)
+
+
 def test_missing_manifest_means_incomplete(copy):
     (copy / "manifest.json").unlink()
     with pytest.raises(BundleError, match="manifest.json is missing"):

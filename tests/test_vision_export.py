@@ -165,6 +165,10 @@ def test_kernel_path_matches_full_graph(exported, case, tmp_path):
         got = split.run(None, runtime(frames))[0]
         diff = vision.compare(expected, got)
         assert diff["cosine"] >= 0.99999 and diff["max_abs_diff"] < 1e-4, (path, diff)
+    # A graph with the patch conv inside (a hand-made bundle) is fed the preprocessed pixels.
+    pixels = VisionInput(tmp_path, manifest, "pixel_values")
+    assert pixels.path == "pixels"
+    np.testing.assert_array_equal(pixels(frames)["pixel_values"], pixels.preprocessor(frames))
 
 
 def test_rejects_non_llava(exported):
