@@ -226,6 +226,142 @@ MMEDGE_INLINE float exp_shift_sum_t(float* x, int n, float shift) {
   return s;
 }
 
+// -- Pillow's 8-bit resampling -------------------------------------------------------------------
+
+template <int W>
+struct Bytes {
+  typedef uint8_t U __attribute__((vector_size(W)));
+};
+
+template <int W>
+MMEDGE_INLINE typename Vec<W>::I widen(const uint8_t* p) {  // W bytes -> W int32 (vpmovzxbd)
+  typename Bytes<W>::U v;
+  std::memcpy(&v, p, sizeof(v));
+  return __builtin_convertvector(v, typename Vec<W>::I);
+}
+
+template <int W>
+MMEDGE_INLINE typename Vec<W>::I clip8(typename Vec<W>::I acc) {  // Pillow's clip8
+  using I = typename Vec<W>::I;
+  acc >>= kPillowPrecisionBits;
+  acc = acc < 0 ? I{} : acc;
+  return acc > 255 ? I{} + 255 : acc;
+}
+
+// Byte transposes for the horizontal pass: W rows of 16 bytes become 16 columns of W bytes, by
+// log2(W) rounds of interleaving units of 1, 2, 4, 8 bytes (punpckl/h on x86, zip on NEON).
+typedef uint8_t Bytes16 __attribute__((vector_size(16)));
+
+template <int U, bool HIGH>
+MMEDGE_INLINE Bytes16 interleave(Bytes16 a, Bytes16 b) {
+  // The low (or high) 8 bytes of a and b, alternating in units of U bytes: a0 b0 a1 b1 ...
+  if constexpr (U == 1 && !HIGH)
+    return __builtin_shuffle(a, b, Bytes16{0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23});
+  if constexpr (U == 1 && HIGH)
+    return __builtin_shuffle(a, b, Bytes16{8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31});
+  if constexpr (U == 2 && !HIGH)
+    return __builtin_shuffle(a, b, Bytes16{0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23});
+  if constexpr (U == 2 && HIGH)
+    return __builtin_shuffle(a, b, Bytes16{8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31});
+  if constexpr (U == 4 && !HIGH)
+    return __builtin_shuffle(a, b, Bytes16{0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23});
+  if constexpr (U == 4 && HIGH)
+    return __builtin_shuffle(a, b, Bytes16{8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31});
+  if constexpr (U == 8 && !HIGH)
+    return __builtin_shuffle(a, b, Bytes16{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23});
+  if constexpr (U == 8 && HIGH)
+    return __builtin_shuffle(a, b, Bytes16{8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31});
+}
+
+// One round: before it x[c * G + g] holds rows group g (U rows each, G = W / U groups) for the
+// U-th part c of the 16 columns, U bytes per column; after it, groups of 2U rows and 2U parts.
+template <int W, int U>
+MMEDGE_INLINE void transpose_round(Bytes16* x) {
+  constexpr int G = W / U;
+  Bytes16 y[W];
+#pragma GCC unroll 16
+  for (int c = 0; c < U; ++c)
+#pragma GCC unroll 16
+    for (int i = 0; i < G / 2; ++i) {
+      y[(2 * c) * (G / 2) + i] = interleave<U, false>(x[c * G + 2 * i], x[c * G + 2 * i + 1]);
+      y[(2 * c + 1) * (G / 2) + i] = interleave<U, true>(x[c * G + 2 * i], x[c * G + 2 * i + 1]);
+    }
+  std::memcpy(x, y, sizeof(y));
+}
+
+// T[j * W + r] = rows[r][j] for j < n: W rows (rows[r] = src + r * stride) transposed.
+template <int W>
+MMEDGE_INLINE void transpose_rows(const uint8_t* const* rows, int64_t n, uint8_t* T) {
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    Bytes16 x[W];
+#pragma GCC unroll 16
+    for (int r = 0; r < W; ++r) std::memcpy(&x[r], rows[r] + j, 16);
+    if constexpr (W >= 2) transpose_round<W, 1>(x);
+    if constexpr (W >= 4) transpose_round<W, 2>(x);
+    if constexpr (W >= 8) transpose_round<W, 4>(x);
+    if constexpr (W >= 16) transpose_round<W, 8>(x);
+    // x[c] now holds columns [16 c / W, 16 (c + 1) / W), W bytes (one per row) each.
+#pragma GCC unroll 16
+    for (int c = 0; c < W; ++c) std::memcpy(T + j * W + 16 * c, &x[c], 16);
+  }
+  for (; j < n; ++j)
+    for (int r = 0; r < W; ++r) T[j * W + r] = rows[r][j];
+}
+
+// Rows in lanes: the rows' bytes are transposed once (T[j * W + r] = byte j of row r), then every
+// tap of every output is one vector multiply-add across the W rows, with the weight broadcast.
+template <int W>
+MMEDGE_INLINE void resample_horizontal_t(int rows, const uint8_t* src, int64_t src_stride,
+                                         int col0, int col1, int out_pixels, const int* first,
+                                         const int* count, const int32_t* k, int ksize,
+                                         uint8_t* dst, int64_t dst_stride, uint8_t* T) {
+  using I = typename Vec<W>::I;
+  const uint8_t* row[W];
+  for (int r = 0; r < W; ++r)  // lanes past `rows` repeat the last row; their sums are dropped
+    row[r] = src + static_cast<int64_t>(r < rows ? r : rows - 1) * src_stride + 3 * col0;
+  transpose_rows<W>(row, 3 * static_cast<int64_t>(col1 - col0), T);
+  for (int o = 0; o < out_pixels; ++o) {
+    const int32_t* kk = k + static_cast<int64_t>(o) * ksize;
+    const uint8_t* t0 = T + 3 * static_cast<int64_t>(first[o] - col0) * W;
+    I a0 = I{} + (1 << (kPillowPrecisionBits - 1)), a1 = a0, a2 = a0;
+    for (int t = 0; t < count[o]; ++t) {
+      const int32_t w = kk[t];
+      a0 += widen<W>(t0 + (3 * t + 0) * W) * w;
+      a1 += widen<W>(t0 + (3 * t + 1) * W) * w;
+      a2 += widen<W>(t0 + (3 * t + 2) * W) * w;
+    }
+    a0 = clip8<W>(a0);
+    a1 = clip8<W>(a1);
+    a2 = clip8<W>(a2);
+    uint8_t* d = dst + 3 * static_cast<int64_t>(o);
+    for (int r = 0; r < rows; ++r) {
+      d[r * dst_stride + 0] = static_cast<uint8_t>(a0[r]);
+      d[r * dst_stride + 1] = static_cast<uint8_t>(a1[r]);
+      d[r * dst_stride + 2] = static_cast<uint8_t>(a2[r]);
+    }
+  }
+}
+
+template <int W>
+MMEDGE_INLINE void resample_vertical_t(const uint8_t* rows, int64_t stride, int count,
+                                       const int32_t* k, int64_t n, uint8_t* dst) {
+  using I = typename Vec<W>::I;
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    I acc = I{} + (1 << (kPillowPrecisionBits - 1));
+    for (int t = 0; t < count; ++t) acc += widen<W>(rows + t * stride + i) * k[t];
+    const typename Bytes<W>::U out = __builtin_convertvector(clip8<W>(acc), typename Bytes<W>::U);
+    std::memcpy(dst + i, &out, sizeof(out));
+  }
+  for (; i < n; ++i) {
+    int32_t acc = 1 << (kPillowPrecisionBits - 1);
+    for (int t = 0; t < count; ++t) acc += rows[t * stride + i] * k[t];
+    acc >>= kPillowPrecisionBits;
+    dst[i] = static_cast<uint8_t>(acc < 0 ? 0 : (acc > 255 ? 255 : acc));
+  }
+}
+
 // Online-softmax update of the columns of S [rows][cols] (see cpu_simd.h), vectors across columns.
 template <int W>
 MMEDGE_INLINE void softmax_cols_t(float* S, int64_t lds, int rows, int cols, float* m, float* l,
@@ -277,6 +413,10 @@ struct Table {
   void (*softmax_cols)(float*, int64_t, int, int, float*, float*, float*);
   float (*max_of)(const float*, int);
   float (*exp_shift_sum)(float*, int, float);
+  int resample_rows;
+  void (*resample_horizontal_u8)(int, const uint8_t*, int64_t, int, int, int, const int*,
+                                 const int*, const int32_t*, int, uint8_t*, int64_t, uint8_t*);
+  void (*resample_vertical_u8)(const uint8_t*, int64_t, int, const int32_t*, int64_t, uint8_t*);
 };
 
 // One set of entry points per ISA; the register blocking fits its register file (32 zmm, 16 ymm,
@@ -297,6 +437,17 @@ struct Table {
   ATTR float max_of_##SUFFIX(const float* x, int n) { return max_of_t<W>(x, n); }                  \
   ATTR float exp_shift_sum_##SUFFIX(float* x, int n, float shift) {                               \
     return exp_shift_sum_t<W>(x, n, shift);                                                        \
+  }                                                                                                \
+  ATTR void resample_horizontal_u8_##SUFFIX(int rows, const uint8_t* src, int64_t src_stride,      \
+                                            int col0, int col1, int out_pixels, const int* first,  \
+                                            const int* count, const int32_t* k, int ksize,         \
+                                            uint8_t* dst, int64_t dst_stride, uint8_t* scratch) {  \
+    resample_horizontal_t<W>(rows, src, src_stride, col0, col1, out_pixels, first, count, k,       \
+                             ksize, dst, dst_stride, scratch);                                     \
+  }                                                                                                \
+  ATTR void resample_vertical_u8_##SUFFIX(const uint8_t* rows, int64_t stride, int count,          \
+                                          const int32_t* k, int64_t n, uint8_t* dst) {             \
+    resample_vertical_t<W>(rows, stride, count, k, n, dst);                                        \
   }
 
 MMEDGE_SIMD_VARIANT(generic, , 4, 2, 4, 2)
@@ -322,13 +473,15 @@ const Table& table() {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && isa_allowed("avx512"))
       return Table{"avx512", gemm_abt_avx512, gemm_ab_acc_avx512, softmax_cols_avx512,
-                   max_of_avx512, exp_shift_sum_avx512};
+                   max_of_avx512, exp_shift_sum_avx512, 16, resample_horizontal_u8_avx512,
+                   resample_vertical_u8_avx512};
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && isa_allowed("avx2"))
       return Table{"avx2", gemm_abt_avx2, gemm_ab_acc_avx2, softmax_cols_avx2, max_of_avx2,
-                   exp_shift_sum_avx2};
+                   exp_shift_sum_avx2, 8, resample_horizontal_u8_avx2, resample_vertical_u8_avx2};
 #endif
     return Table{"generic", gemm_abt_generic, gemm_ab_acc_generic, softmax_cols_generic,
-                 max_of_generic, exp_shift_sum_generic};
+                 max_of_generic, exp_shift_sum_generic, 4, resample_horizontal_u8_generic,
+                 resample_vertical_u8_generic};
   }();
   return t;
 }
@@ -356,6 +509,20 @@ float max_of(const float* x, int n) noexcept { return table().max_of(x, n); }
 
 float exp_shift_sum(float* x, int n, float shift) noexcept {
   return table().exp_shift_sum(x, n, shift);
+}
+
+int resample_rows() noexcept { return table().resample_rows; }
+
+void resample_horizontal_u8(int rows, const uint8_t* src, int64_t src_stride, int col0, int col1,
+                            int out_pixels, const int* first, const int* count, const int32_t* k,
+                            int ksize, uint8_t* dst, int64_t dst_stride, uint8_t* scratch) noexcept {
+  table().resample_horizontal_u8(rows, src, src_stride, col0, col1, out_pixels, first, count, k,
+                                 ksize, dst, dst_stride, scratch);
+}
+
+void resample_vertical_u8(const uint8_t* rows, int64_t stride, int count, const int32_t* k,
+                          int64_t n, uint8_t* dst) noexcept {
+  table().resample_vertical_u8(rows, stride, count, k, n, dst);
 }
 
 }  // namespace mmedge::cpu

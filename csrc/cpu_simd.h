@@ -21,6 +21,30 @@ void gemm_abt(int M, int N, int K, float alpha, const float* A, int64_t lda, con
 void gemm_ab_acc(int M, int N, int K, const float* A, int64_t lda, const float* B, int64_t ldb,
                  float* C, int64_t ldc, int64_t ska = 1) noexcept;
 
+// Pillow's 8-bit resampling (libImaging/Resample.c, ImagingResample*_8bpc): weights in fixed
+// point with kPillowPrecisionBits fraction bits, each output rounded (+ half) and clipped to 0..255.
+// Integer sums are exact in any order, so the vector versions equal Pillow's pixels exactly.
+constexpr int kPillowPrecisionBits = 32 - 8 - 2;
+constexpr int kMaxResampleRows = 16;  // the most rows resample_horizontal_u8 takes in one call
+
+// How many rows resample_horizontal_u8 takes at once on this CPU (its vector width, <= 16).
+int resample_rows() noexcept;
+
+// The horizontal pass for `rows` (1..resample_rows()) rows at once, the rows in vector lanes:
+//   dst[r * dst_stride + 3 * o + c] = clip(sum_t src[r * src_stride + 3 * (first[o] + t) + c]
+//                                                  * k[o * ksize + t])   for t < count[o]
+// for every output pixel o < out_pixels, channel c < 3. Reads src's pixel columns [col0, col1)
+// only (every first[o] >= col0 and first[o] + count[o] <= col1); `scratch` holds at least
+// 3 * (col1 - col0) * kMaxResampleRows bytes (the rows transposed, channels interleaved).
+void resample_horizontal_u8(int rows, const uint8_t* src, int64_t src_stride, int col0, int col1,
+                            int out_pixels, const int* first, const int* count, const int32_t* k,
+                            int ksize, uint8_t* dst, int64_t dst_stride, uint8_t* scratch) noexcept;
+
+// The vertical pass for one output row, vectors along it:
+//   dst[i] = clip(sum_t rows[t * stride + i] * k[t])   for t < count, i < n.
+void resample_vertical_u8(const uint8_t* rows, int64_t stride, int count, const int32_t* k,
+                          int64_t n, uint8_t* dst) noexcept;
+
 // One online-softmax step down the columns of S[r][c] = S[r * lds + c] (r < rows keys, c < cols
 // queries), vectors across the columns. Per column c, with the running max m[c] and sum l[c]:
 //   m' = max(m[c], max_r S[r][c]);  S[r][c] = exp(S[r][c] - m');  corr[c] = exp(m[c] - m');

@@ -1,11 +1,13 @@
 // CPU reference of the fused preprocessing + patch embedding (see patch_embed.h for the stages).
 //
-// Work is split by blocks of patch rows. For a block, each thread resamples horizontally only the
-// source rows the block needs and only the crop's columns (uint8, the crop's width), keeps the rows
-// the next block shares, resamples vertically one image row at a time, turns each pixel into its
-// normalized float through a 3 x 256 table, and scatters it straight into the block's patch matrix,
-// stored transposed [3 * P * P, patches]; one GEMM (weights [D, 3 * P * P] times that, vectors
-// along the patches) then gives the block's tokens.
+// Work is split by blocks of patch rows, as many as a multiple of the threads and of equal size.
+// For a block, each thread resamples horizontally only the source rows the block needs and only
+// the crop's columns (uint8, the crop's width; 4-16 rows at once, the rows in vector lanes:
+// cpu::resample_horizontal_u8), keeps the rows the next block shares, resamples vertically one
+// image row at a time (vectors along the row), turns each pixel into its normalized float through
+// a 3 x 256 table, and scatters it straight into the block's patch matrix, stored transposed
+// [3 * P * P, patches]; one GEMM (weights [D, 3 * P * P] times that, vectors along the patches)
+// then gives the block's tokens.
 //
 // The resampling is Pillow's ImagingResample for 8-bit images (libImaging/Resample.c): the same
 // coefficients (double, normalized, rounded to 22-bit fixed point), the same passes (each rounded
@@ -32,7 +34,7 @@
 namespace mmedge {
 namespace {
 
-constexpr int kPrecisionBits = 32 - 8 - 2;  // Pillow's PRECISION_BITS for 8-bit images
+constexpr int kPrecisionBits = cpu::kPillowPrecisionBits;  // Pillow's PRECISION_BITS, 8-bit images
 
 double bicubic_filter(double x) {  // Pillow's bicubic_filter, a = -0.5; support 2
   const double a = -0.5;
@@ -104,7 +106,8 @@ CropAxis crop_axis(int resized, int cropped) {
 }
 
 // One row of Pillow's horizontal pass for the crop's columns: dst[3 * x + c] for crop column x
-// (zero where x is padding) from src, whose column 0 is the frame's column src_col0.
+// (zero where x is padding) from src, whose column 0 is the frame's column src_col0. Scalar: the
+// vertical-first order's one row at a time (horizontal_rows is the vector version for many rows).
 void horizontal_pass(const uint8_t* src, int src_col0, const Taps& tx, const CropAxis& cx,
                      int width, uint8_t* dst) {
   std::memset(dst, 0, 3 * static_cast<size_t>(cx.lo));
@@ -125,17 +128,24 @@ void horizontal_pass(const uint8_t* src, int src_col0, const Taps& tx, const Cro
   if (width > cx.hi) std::memset(dst + 3 * cx.hi, 0, 3 * static_cast<size_t>(width - cx.hi));
 }
 
-// One output row of Pillow's vertical pass: dst[i] for i < n bytes, from the rows
-// rows[(first + t) * stride] weighted by k[t], t < count.
-void vertical_pass(const uint8_t* rows, int64_t stride, int first, int count, const int32_t* k,
-                   int64_t n, int32_t* acc, uint8_t* dst) {
-  for (int64_t i = 0; i < n; ++i) acc[i] = 1 << (kPrecisionBits - 1);
-  for (int t = 0; t < count; ++t) {
-    const uint8_t* h = rows + (first + t) * stride;
-    const int32_t kt = k[t];
-    for (int64_t i = 0; i < n; ++i) acc[i] += h[i] * kt;
+// Pillow's horizontal pass of `rows` frame rows (the frame's columns [col0, col1) are the ones the
+// taps read) into dst rows of the crop's width (zero where a column is padding), vectors across
+// the rows (cpu::resample_horizontal_u8), cpu::resample_rows() rows per call.
+void horizontal_rows(const uint8_t* src, int64_t src_stride, int rows, const Taps& tx,
+                     const CropAxis& cx, int col0, int col1, int width, uint8_t* dst,
+                     int64_t dst_stride, uint8_t* scratch) {
+  const int lanes = cpu::resample_rows();
+  for (int r = 0; r < rows; ++r) {
+    uint8_t* d = dst + r * dst_stride;
+    std::memset(d, 0, 3 * static_cast<size_t>(cx.lo));
+    if (width > cx.hi) std::memset(d + 3 * cx.hi, 0, 3 * static_cast<size_t>(width - cx.hi));
   }
-  for (int64_t i = 0; i < n; ++i) dst[i] = clip8(acc[i]);
+  if (cx.hi <= cx.lo) return;
+  for (int r = 0; r < rows; r += lanes) {
+    cpu::resample_horizontal_u8(std::min(lanes, rows - r), src + r * src_stride, src_stride, col0,
+                                col1, cx.hi - cx.lo, tx.first.data(), tx.count.data(), tx.k.data(),
+                                tx.ksize, dst + r * dst_stride + 3 * cx.lo, dst_stride, scratch);
+  }
 }
 
 }  // namespace
@@ -169,13 +179,13 @@ void patch_embed_cpu(const PatchEmbedParams& p) {
   const bool vertical_first = p.pillow13_pass_order && resize_x && resize_y &&
                               p.resize_height < p.frame_height &&
                               (p.frame_height - p.resize_height) > 2 * (p.frame_width - p.resize_width);
-  // The frame's columns [vx0, vx1) the crop reads, for the vertical-first order.
-  int vx0 = 0, vx1 = 0;
-  if (vertical_first && cx.hi > cx.lo) {
-    vx0 = tx.first[0];
-    for (int o = 0; o < cx.hi - cx.lo; ++o) vx1 = std::max(vx1, tx.first[o] + tx.count[o]);
+  // The frame's columns [hx0, hx1) the horizontal taps read (first[] never decreases).
+  int hx0 = 0, hx1 = 0;
+  if (resize_x && cx.hi > cx.lo) {
+    hx0 = tx.first[0];
+    for (int o = 0; o < cx.hi - cx.lo; ++o) hx1 = std::max(hx1, tx.first[o] + tx.count[o]);
   }
-  const int64_t v_bytes = 3 * static_cast<int64_t>(vx1 - vx0);
+  const int64_t v_bytes = vertical_first ? 3 * static_cast<int64_t>(hx1 - hx0) : 0;
 
   // lut[c][u]: the normalized float32 value of channel c at 8-bit value u, as numpy computes it.
   float lut[3][256];
@@ -188,17 +198,29 @@ void patch_embed_cpu(const PatchEmbedParams& p) {
     }
   }
 
-  // Blocks of patch rows, about 128 patches each: one GEMM per block.
-  const int block_rows = std::max(1, std::min(patch_rows, 128 / std::max(1, per_row)));
-  const int max_m = block_rows * per_row;
+  int threads = p.num_threads;
+#ifdef _OPENMP
+  if (threads <= 0) threads = omp_get_max_threads();
+#endif
+  threads = std::max(1, std::min(threads, patch_rows));
+  // Blocks of whole patch rows, about 128 patches each (one GEMM per block), as many blocks as a
+  // multiple of the threads and their sizes within one patch row of each other, so that every
+  // thread gets the same work: block b is the patch rows [block_row(b), block_row(b + 1)).
+  int n_blocks = 0;
+  if (patch_rows > 0) {
+    n_blocks = std::max(1, (patch_rows * per_row + 127) / 128);
+    n_blocks = std::min(patch_rows, (n_blocks + threads - 1) / threads * threads);
+  }
+  threads = std::max(1, std::min(threads, n_blocks));
+  auto block_row = [&](int b) { return static_cast<int>(static_cast<int64_t>(b) * patch_rows / n_blocks); };
+  const int max_m = n_blocks > 0 ? (patch_rows + n_blocks - 1) / n_blocks * per_row : 0;
   const int m_pad = (max_m + 15) / 16 * 16;  // columns of the transposed patch matrix
-  const int n_blocks = patch_rows > 0 ? (patch_rows + block_rows - 1) / block_rows : 0;
   // The source rows each block needs, [src0, src1): the frame's rows feeding its image rows.
   std::vector<int> src0(n_blocks), src1(n_blocks);
   int max_src_rows = 0;
   for (int b = 0; b < n_blocks; ++b) {
-    const int r0 = std::max(b * block_rows * P, cy.lo);
-    const int r1 = std::min(std::min(patch_rows, (b + 1) * block_rows) * P, cy.hi);
+    const int r0 = std::max(block_row(b) * P, cy.lo);
+    const int r1 = std::min(block_row(b + 1) * P, cy.hi);
     if (r0 >= r1 || vertical_first) {  // vertical-first reads the frame directly
       src0[b] = src1[b] = 0;
       continue;
@@ -219,18 +241,12 @@ void patch_embed_cpu(const PatchEmbedParams& p) {
       p.out[d] = p.class_embedding[d] + (p.position_embedding ? p.position_embedding[d] : 0.0f);
   }
 
-  int threads = p.num_threads;
-#ifdef _OPENMP
-  if (threads <= 0) threads = omp_get_max_threads();
-#endif
-  threads = std::max(1, std::min(threads, n_blocks));
-
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads)
 #endif
   {
     std::vector<uint8_t> hbuf(static_cast<size_t>(max_src_rows) * row_bytes);  // resampled rows
-    std::vector<int32_t> acc(std::max(row_bytes, v_bytes));
+    std::vector<uint8_t> transposed(3 * static_cast<size_t>(hx1 - hx0) * cpu::kMaxResampleRows);
     std::vector<uint8_t> vrow(v_bytes);
     std::vector<uint8_t> pix(row_bytes);
     // The block's patches transposed, pt[k][q] = pt[k * m_pad + q] (k = (c * P + i) * P + j,
@@ -250,24 +266,25 @@ void patch_embed_cpu(const PatchEmbedParams& p) {
                      (buf1 - src0[b]) * row_bytes);
         have = buf1;
       }
-      for (int sy = have; sy < src1[b]; ++sy) {
+      if (resize_x && src1[b] > have) {
+        horizontal_rows(p.frame + have * p.frame_row_stride, p.frame_row_stride, src1[b] - have,
+                        tx, cx, hx0, hx1, IW, hbuf.data() + (have - src0[b]) * row_bytes, row_bytes,
+                        transposed.data());
+      }
+      for (int sy = have; sy < src1[b] && !resize_x; ++sy) {
         const uint8_t* src = p.frame + sy * p.frame_row_stride;
         uint8_t* dst = hbuf.data() + (sy - src0[b]) * row_bytes;
-        if (resize_x) {
-          horizontal_pass(src, 0, tx, cx, IW, dst);
-        } else {
-          std::memset(dst, 0, row_bytes);  // padding columns stay 0
-          if (cx.hi > cx.lo)
-            std::memcpy(dst + 3 * cx.lo, src + 3 * (cx.lo + cx.offset), 3 * (cx.hi - cx.lo));
-        }
+        std::memset(dst, 0, row_bytes);  // padding columns stay 0
+        if (cx.hi > cx.lo)
+          std::memcpy(dst + 3 * cx.lo, src + 3 * (cx.lo + cx.offset), 3 * (cx.hi - cx.lo));
       }
       buf0 = src0[b];
       buf1 = src1[b];
 
       // 2. Vertical pass one image row at a time, normalized into the block's patch matrix:
       //    patches[q][(c * P + i) * P + j] for patch q = (row - first row) / P * per_row + px.
-      const int pr0 = b * block_rows;
-      const int pr1 = std::min(patch_rows, pr0 + block_rows);
+      const int pr0 = block_row(b);
+      const int pr1 = block_row(b + 1);
       for (int r = pr0 * P; r < pr1 * P; ++r) {
         const uint8_t* row;
         if (r < cy.lo || r >= cy.hi) {
@@ -275,16 +292,17 @@ void patch_embed_cpu(const PatchEmbedParams& p) {
           row = pix.data();
         } else if (vertical_first) {
           const int o = r - cy.lo;
-          vertical_pass(p.frame + 3 * static_cast<int64_t>(vx0), p.frame_row_stride, ty.first[o],
-                        ty.count[o], ty.k.data() + static_cast<size_t>(o) * ty.ksize, v_bytes,
-                        acc.data(), vrow.data());
-          horizontal_pass(vrow.data(), vx0, tx, cx, IW, pix.data());
+          cpu::resample_vertical_u8(p.frame + ty.first[o] * p.frame_row_stride + 3 * hx0,
+                                    p.frame_row_stride, ty.count[o],
+                                    ty.k.data() + static_cast<size_t>(o) * ty.ksize, v_bytes,
+                                    vrow.data());
+          horizontal_pass(vrow.data(), hx0, tx, cx, IW, pix.data());
           row = pix.data();
         } else if (resize_y) {
           const int o = r - cy.lo;
-          vertical_pass(hbuf.data(), row_bytes, ty.first[o] - buf0, ty.count[o],
-                        ty.k.data() + static_cast<size_t>(o) * ty.ksize, row_bytes, acc.data(),
-                        pix.data());
+          cpu::resample_vertical_u8(hbuf.data() + (ty.first[o] - buf0) * row_bytes, row_bytes,
+                                    ty.count[o], ty.k.data() + static_cast<size_t>(o) * ty.ksize,
+                                    row_bytes, pix.data());
           row = pix.data();
         } else {
           row = hbuf.data() + (r + cy.offset - buf0) * row_bytes;
