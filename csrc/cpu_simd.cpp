@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <utility>
 
 #define MMEDGE_INLINE inline __attribute__((always_inline))
 
@@ -252,25 +253,22 @@ MMEDGE_INLINE typename Vec<W>::I clip8(typename Vec<W>::I acc) {  // Pillow's cl
 // log2(W) rounds of interleaving units of 1, 2, 4, 8 bytes (punpckl/h on x86, zip on NEON).
 typedef uint8_t Bytes16 __attribute__((vector_size(16)));
 
+// The low (or high) 8 bytes of a and b, alternating in units of U bytes: a0 b0 a1 b1 ... Output
+// byte i comes from a (i / U even) or b, unit i / 2U of the half, byte i % U of the unit.
+template <int U, bool HIGH, size_t... I>
+MMEDGE_INLINE Bytes16 interleave(Bytes16 a, Bytes16 b, std::index_sequence<I...>) {
+  // Clang has only __builtin_shufflevector, GCC < 12 (JetPack 6's GCC 11) only __builtin_shuffle.
+#if defined(__clang__)
+  return __builtin_shufflevector(a, b, ((I / U) % 2 * 16 + (HIGH ? 8 : 0) + I / (2 * U) * U + I % U)...);
+#else
+  return __builtin_shuffle(
+      a, b, Bytes16{static_cast<uint8_t>((I / U) % 2 * 16 + (HIGH ? 8 : 0) + I / (2 * U) * U + I % U)...});
+#endif
+}
+
 template <int U, bool HIGH>
 MMEDGE_INLINE Bytes16 interleave(Bytes16 a, Bytes16 b) {
-  // The low (or high) 8 bytes of a and b, alternating in units of U bytes: a0 b0 a1 b1 ...
-  if constexpr (U == 1 && !HIGH)
-    return __builtin_shuffle(a, b, Bytes16{0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23});
-  if constexpr (U == 1 && HIGH)
-    return __builtin_shuffle(a, b, Bytes16{8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31});
-  if constexpr (U == 2 && !HIGH)
-    return __builtin_shuffle(a, b, Bytes16{0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23});
-  if constexpr (U == 2 && HIGH)
-    return __builtin_shuffle(a, b, Bytes16{8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31});
-  if constexpr (U == 4 && !HIGH)
-    return __builtin_shuffle(a, b, Bytes16{0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23});
-  if constexpr (U == 4 && HIGH)
-    return __builtin_shuffle(a, b, Bytes16{8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31});
-  if constexpr (U == 8 && !HIGH)
-    return __builtin_shuffle(a, b, Bytes16{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23});
-  if constexpr (U == 8 && HIGH)
-    return __builtin_shuffle(a, b, Bytes16{8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31});
+  return interleave<U, HIGH>(a, b, std::make_index_sequence<16>{});
 }
 
 // One round: before it x[c * G + g] holds rows group g (U rows each, G = W / U groups) for the
