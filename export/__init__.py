@@ -43,9 +43,9 @@ def export_model(model: str, out_dir: str | Path, precision: str = "fp32",
                  requantize: bool = False) -> dict[str, Any]:
     """Export MODEL into a bundle at `out_dir`; returns the manifest.
 
-    `requantize`: for int4 from a GGUF file, quantize the dequantized weights again with
-    round-to-nearest instead of keeping the file's own grid (faster decode, further from the
-    reference; see export/grid_reuse.py)."""
+    `requantize`: for int4, quantize weights dequantized from GGUF (a .gguf file, or a checkpoint
+    built from one) again with round-to-nearest instead of keeping their own grid (faster decode,
+    further from the reference; see export/grid_reuse.py)."""
     _require_export_extra()
     if precision not in PRECISIONS:
         raise ExportError(f"--quant must be one of {', '.join(PRECISIONS)}, not '{precision}'.")

@@ -9,10 +9,14 @@ norm ops, MatMulNBits; see shared/design/ARCHITECTURE.md). We ask it for a graph
 Precisions:
   fp32  the builder's fp32 graph for the CPU
   fp16  the builder's fp16 graph for CUDA (it also runs, slowly, on the CPU)
-  int8  the fp32 graph with dynamic int8 quantization of every MatMul, per output channel
-        (fastest prefill on CPUs; per-channel agreed with fp32 more often than per-tensor)
+  int8  8-bit weights in blocks of 32 (symmetric, round-to-nearest; MatMulNBits bits=8) and int8
+        activations per block of 32 features of each token (accuracy level 4). Not ONNX
+        Runtime's dynamic quantization (MatMulInteger): that quantizes a whole prompt's activations
+        with one scale, and a LLaVA's image tokens, far from the text's range, then wiped out the
+        prompt (mmedge-tiny-vlm answered 1% of held-out questions, fp32 38%).
   int4  block-wise (32) symmetric 4-bit weights, MatMulNBits, int8 activations (accuracy level 4);
-        for GGUF imports, the file's own Q4/Q8 grids are kept exactly instead (grid_reuse.py)
+        for weights that already lie on a GGUF Q4/Q8 grid (a GGUF import, or a checkpoint built
+        from one), that grid is kept exactly instead (grid_reuse.py)
 
 What lives elsewhere: the token-embedding graph (export/embed.py), checking the result against
 torch (export/parity.py).
@@ -32,7 +36,7 @@ import onnx
 
 from mmedge.errors import ExportError
 
-from .grid_reuse import reuse_grids
+from .grid_reuse import eight_bit_blocks, reuse_grids
 from .onnx_utils import graph_signature
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
@@ -40,7 +44,7 @@ DECODER_FILE = "decoder.onnx"
 
 # builder precision and execution-provider target for each bundle precision
 _BUILDER_TARGET = {"fp32": ("fp32", "cpu"), "fp16": ("fp16", "cuda"),
-                   "int8": ("fp32", "cpu"), "int4": ("int4", "cpu")}
+                   "int8": ("int4", "cpu"), "int4": ("int4", "cpu")}
 
 
 def build_decoder(hf_dir: Path, out_dir: Path, precision: str,
@@ -48,8 +52,9 @@ def build_decoder(hf_dir: Path, out_dir: Path, precision: str,
     """Write `decoder.onnx` (+ `decoder.onnx.data`) into `out_dir` from the HF causal-LM folder
     `hf_dir`; return the decoder's manifest entry.
 
-    `reuse_grid` (for checkpoints dequantized from GGUF): int4 keeps the weights' own 4/8-bit
-    grids exactly instead of quantizing them again (see export/grid_reuse.py).
+    `reuse_grid`: int4 keeps the 4/8-bit grid of every weight that lies on one exactly (weights
+    dequantized from GGUF) instead of quantizing it again (see export/grid_reuse.py); the other
+    weights are the builder's round-to-nearest int4.
     """
     if precision not in PRECISIONS:
         raise ExportError(f"Unknown precision '{precision}'. Choose one of: {', '.join(PRECISIONS)}.")
@@ -58,16 +63,17 @@ def build_decoder(hf_dir: Path, out_dir: Path, precision: str,
     with tempfile.TemporaryDirectory(prefix="mmedge-decoder-") as tmp:
         built = Path(tmp) / "built"
         _run_builder(hf_dir, built, builder_precision, target)
-        if precision == "int8":
-            _quantize_int8(built / DECODER_FILE, out_dir / DECODER_FILE)
-        else:
-            if precision == "int4" and reuse_grid:
-                reference = Path(tmp) / "float"
-                _run_builder(hf_dir, reference, "fp32", "cpu")
+        if precision == "int8" or (precision == "int4" and reuse_grid):
+            # The builder's int4 graph, its MatMulNBits weights rewritten from its fp32 graph's.
+            reference = Path(tmp) / "float"
+            _run_builder(hf_dir, reference, "fp32", "cpu")
+            if precision == "int8":
+                entry["weights"] = eight_bit_blocks(built / DECODER_FILE, reference / DECODER_FILE)
+            else:
                 entry["grid_reuse"] = reuse_grids(built / DECODER_FILE, reference / DECODER_FILE)
-            for name in (DECODER_FILE, DECODER_FILE + ".data"):
-                if (built / name).exists():
-                    shutil.move(str(built / name), str(out_dir / name))
+        for name in (DECODER_FILE, DECODER_FILE + ".data"):
+            if (built / name).exists():
+                shutil.move(str(built / name), str(out_dir / name))
     graph = onnx.load(str(out_dir / DECODER_FILE), load_external_data=False)
     _check_symbolic_dims(graph)
     return {**entry, **graph_signature(graph)}
@@ -87,27 +93,6 @@ def _run_builder(hf_dir: Path, work: Path, precision: str, target: str) -> None:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
         raise ExportError(f"Building the decoder graph failed (onnxruntime-genai builder, "
                           f"{precision}/{target}):\n{tail}")
-
-
-def _quantize_int8(src: Path, dst: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"],
-                     weight_type=QuantType.QInt8, per_channel=True,
-                     use_external_data_format=True,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    # quantize_dynamic names the data file after the output; normalize to <file>.data
-    _normalize_external_data(dst)
-
-
-def _normalize_external_data(path: Path) -> None:
-    """Rewrite `path` so that all its external tensors live in `<name>.data`."""
-    model = onnx.load(str(path), load_external_data=True)
-    for stale in path.parent.glob(path.name + "*"):
-        if stale != path:
-            stale.unlink()
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=path.name + ".data", size_threshold=1024)
 
 
 def _check_symbolic_dims(graph: onnx.ModelProto) -> None:

@@ -69,27 +69,67 @@ def affine4(weight: np.ndarray):
     return packed, scales.astype(np.float32), zp_packed, correction.astype(np.float32)
 
 
-def symmetric8(weight: np.ndarray):
+def symmetric8(weight: np.ndarray, exact: bool = True):
     """(packed uint8 [N, nb, 32], scales [N, nb]) if every block holds values d*q with integer q
-    in -127..127 (GGUF Q8_0), else None. Stored as q + 128 (MatMulNBits' default zero point)."""
+    in -127..127 (GGUF Q8_0), else None. Stored as q + 128 (MatMulNBits' default zero point).
+    exact=False rounds any weight to that grid (round-to-nearest, d = max |w| / 127 per block)."""
     if weight.shape[0] % BLOCK:
         return None
     blocks = _blocks(weight)
     step = np.abs(blocks).max(axis=-1) / 127.0
     step_safe = np.where(step == 0, 1.0, step)
     q = np.clip(np.rint(blocks / step_safe[..., None]), -127, 127)
-    if not _close(q * step[..., None], blocks):
+    if exact and not _close(q * step[..., None], blocks):
         return None
     return (q + 128).astype(np.uint8), step.astype(np.float32)
+
+
+def eight_bit_blocks(quantized: Path, reference: Path) -> dict[str, int]:
+    """Rewrite every 4-bit MatMulNBits of the graph at `quantized` as 8-bit blocks of 32 (symmetric,
+    round-to-nearest) from the float weights of the same builder's graph at `reference`. With the
+    builder's accuracy level 4 the activations are quantized to int8 per block of 32 features of
+    each token, so no token's range sets another's scale. Returns counts."""
+    model = onnx.load(str(quantized))
+    float_weights = _float_weights(onnx.load(str(reference)))
+    inits = {i.name: i for i in model.graph.initializer}
+    counts = {"int8_blocks": 0, "kept": 0}
+    for node in model.graph.node:
+        is_q4 = node.op_type == "MatMulNBits" and node.name.endswith("_Q4")
+        weight = float_weights.get(node.name[: -len("_Q4")]) if is_q4 else None
+        found = symmetric8(weight, exact=False) if weight is not None else None
+        if found is None or (len(node.input) > 3 and node.input[3]):
+            counts["kept"] += node.op_type == "MatMulNBits"
+            continue
+        packed, scales = found
+        _set(inits, node.input[1], packed)
+        _set(inits, node.input[2], scales.reshape(inits[node.input[2]].dims))
+        for a in node.attribute:
+            if a.name == "bits":
+                a.CopyFrom(helper.make_attribute("bits", 8))
+        counts["int8_blocks"] += 1
+    _save(model, quantized)
+    return counts
+
+
+def _float_weights(float_model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """MatMul node name -> its float weight [K, N], for the MatMuls whose weight is an initializer."""
+    inits = {i.name: i for i in float_model.graph.initializer}
+    return {n.name: numpy_helper.to_array(inits[n.input[1]]) for n in float_model.graph.node
+            if n.op_type == "MatMul" and n.input[1] in inits}
+
+
+def _save(model: onnx.ModelProto, path: Path) -> None:
+    for stale in path.parent.glob(path.name + "*"):
+        stale.unlink()
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + ".data", size_threshold=1024)
 
 
 def reuse_grids(quantized: Path, reference: Path) -> dict[str, int]:
     """Rewrite the MatMulNBits weights of the graph at `quantized` from the float MatMul weights of
     the same builder's graph at `reference` wherever they lie on a grid. Returns counts."""
     model = onnx.load(str(quantized))
-    float_model = onnx.load(str(reference))
-    float_weights = {n.name: n.input[1] for n in float_model.graph.node if n.op_type == "MatMul"}
-    float_inits = {i.name: i for i in float_model.graph.initializer}
+    float_weights = _float_weights(onnx.load(str(reference)))
     inits = {i.name: i for i in model.graph.initializer}
     counts = {"affine4": 0, "symmetric8": 0, "requantized": 0}
     block_sums: dict[str, str] = {}      # activation -> its block sums, shared by its consumers
@@ -97,11 +137,10 @@ def reuse_grids(quantized: Path, reference: Path) -> dict[str, int]:
     for node in list(model.graph.node):
         if node.op_type != "MatMulNBits" or not node.name.endswith("_Q4"):
             continue
-        source = float_weights.get(node.name[: -len("_Q4")])
-        if source is None or source not in float_inits:
+        weight = float_weights.get(node.name[: -len("_Q4")])
+        if weight is None:
             counts["requantized"] += 1
             continue
-        weight = numpy_helper.to_array(float_inits[source])
         attrs = {a.name: a for a in node.attribute}
         if (found := affine4(weight)) is not None:
             packed, scales, zp_packed, correction = found
@@ -124,11 +163,7 @@ def reuse_grids(quantized: Path, reference: Path) -> dict[str, int]:
             counts["requantized"] += 1
     model.graph.node.extend(extra_nodes)
     _toposort(model.graph)
-    for stale in quantized.parent.glob(quantized.name + "*"):
-        stale.unlink()
-    onnx.save_model(model, str(quantized), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location=quantized.name + ".data",
-                    size_threshold=1024)
+    _save(model, quantized)
     return counts
 
 

@@ -26,9 +26,10 @@ def export_language_model(ctx: ExportContext, lm_folder: Path, causal_lm: Any,
         raise UnsupportedModelError(f"The text model is '{model_type}'; mmedge supports "
                                     f"{', '.join(SUPPORTED_TEXT_MODELS)}.")
     ctx.step("decoder graph")
-    decoder = build_decoder(lm_folder, ctx.out_dir, ctx.precision,
-                            reuse_grid=ctx.source.description.startswith("gguf:")
-                            and not ctx.requantize)
+    # Any checkpoint, not only a .gguf import, may hold weights dequantized from GGUF (a LLaVA built
+    # around one, as mmedge-tiny-vlm is): grid reuse detects the grid per weight, exactly, and leaves
+    # every other weight to the builder's quantization.
+    decoder = build_decoder(lm_folder, ctx.out_dir, ctx.precision, reuse_grid=not ctx.requantize)
     ctx.step("embedding graph")
     table = causal_lm.get_input_embeddings().weight.detach().float().numpy()
     head = causal_lm.get_output_embeddings().weight.detach().float().numpy()

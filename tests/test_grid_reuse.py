@@ -1,6 +1,8 @@
 """Reusing a checkpoint's own quantization grid (export/grid_reuse.py): detection on synthetic
 Q4_1- and Q8_0-style weights, refusal of ordinary float weights, and a real ONNX Runtime run of
-the rewritten MatMulNBits (+ fractional zero-point correction) against the float MatMul."""
+the rewritten MatMulNBits (+ fractional zero-point correction) against the float MatMul. Also the
+int8 decoder's rewrite (8-bit blocks from any float weight), on a batch whose tokens differ in
+range by 1000x, the case ONNX Runtime's per-tensor dynamic quantization loses."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from mmedge.export.grid_reuse import affine4, reuse_grids, symmetric8
+from mmedge.export.grid_reuse import affine4, eight_bit_blocks, reuse_grids, symmetric8
 
 K, N = 96, 40
 
@@ -82,3 +84,21 @@ def test_float_weights_are_left_to_the_builder(tmp_path):
     weight = np.random.default_rng(2).normal(size=(K, N)).astype(np.float32)
     ref, q = _graphs(tmp_path, weight)
     assert reuse_grids(q, ref) == {"affine4": 0, "symmetric8": 0, "requantized": 1}
+
+
+def test_eight_bit_blocks_keep_every_token(tmp_path):
+    rng = np.random.default_rng(3)
+    weight = rng.normal(size=(K, N)).astype(np.float32)
+    ref, q = _graphs(tmp_path, weight)
+    assert eight_bit_blocks(q, ref) == {"int8_blocks": 1, "kept": 0}
+    node = onnx.load(str(q)).graph.node[0]
+    assert {a.name: a.i for a in node.attribute}["bits"] == 8
+    # One token a thousand times larger than the others (a LLaVA's image token next to text): each
+    # token keeps its own activation scale, so the small ones stay within 8-bit error of float.
+    x = rng.normal(size=(1, 6, K)).astype(np.float32)
+    x[0, 0] *= 1000
+    expected = x @ weight
+    run = ort.InferenceSession(str(q), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    for t in range(6):
+        scale = np.abs(expected[0, t]).max()
+        assert np.abs(run[0, t] - expected[0, t]).max() <= 0.03 * scale, t

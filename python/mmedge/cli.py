@@ -75,15 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="hub id (owner/name), local HF folder, or .gguf file")
     p.add_argument("-o", "--output", required=True, help="bundle folder to write")
     p.add_argument("--quant", default="fp32", choices=["fp32", "fp16", "int8", "int4"],
-                   help="decoder precision (default fp32; on CPUs int8 prefills fastest, int4 is "
-                        "smallest and decodes fastest, from GGUF with --requantize)")
+                   help="decoder precision (default fp32; int8 and int4 keep 8/4-bit weights in "
+                        "blocks of 32; int4 is smallest, and fastest with --requantize)")
     p.add_argument("--vision-quant", default="fp32", choices=["fp32", "fp16", "int8"],
                    help="vision graph precision (default fp32)")
     p.add_argument("--no-parity", action="store_true", help="skip the parity check vs torch")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     p.add_argument("--requantize", action="store_true",
-                   help="int4 from GGUF: round-to-nearest again instead of keeping the file's own "
-                        "Q4/Q8 grid (faster decode, answers drift further from the original)")
+                   help="int4: round-to-nearest again even where weights already lie on a GGUF "
+                        "Q4/Q8 grid (a .gguf file or a model built from one) instead of keeping "
+                        "it (faster decode, answers drift further from the original)")
 
     p = sub.add_parser("run", help="answer one prompt, streaming",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
