@@ -1,14 +1,19 @@
 """Train mmedge-tiny-vlm's projector: LLaVA-style alignment between the frozen tiny CLIP and frozen SmolLM2.
 
-    python -m mmedge.models.train_tiny_vlm [--samples 6400] [--batch 16] [--out DIR]
+    python -m mmedge.models.train_tiny_vlm [--samples 12800] [--batch 16] [--align-steps 1500] [--out DIR]
 
 Only the MLP projector (192 -> 576 -> 576, 0.44 M parameters) learns; the vision tower (mmedge-tiny-clip,
-layer -2, 25 patch tokens) and SmolLM2-135M-Instruct stay frozen. Each sample is one user turn in the
-bundle's own chat template (an image, then a question about the scene or "Describe the image.") and the
-loss is the language model's cross-entropy on the answer tokens and the closing <|im_end|> only.
-Options measured and left off by default (see models/weights/README.md): --multi-turn (a conversation
-per scene, three to five answers per forward pass) and --max-image-rms (a penalty on the projector's
-output scale, aimed at the int8 decoder's defect).
+layer -2, 25 patch tokens) and SmolLM2-135M-Instruct stay frozen. Two stages:
+1. Grounded pre-alignment (--align-steps, seconds): every image token is regressed onto the frozen LLM's
+   own input embeddings of the words for what its patch shows (" red" + " star" where an object covers
+   it, " background" elsewhere; the generator knows where it drew each object), so the LLM's first
+   view of an image is a bag of words it already reads.
+2. The language-model loss: each sample is one user turn in the bundle's own chat template (an image,
+   then a question about the scene or "Describe the image.") and the loss is the cross-entropy on the
+   answer tokens and the closing <|im_end|> only.
+Options measured and left off by default (see models/weights/README.md): --align-weight (stage 1's loss
+kept on during stage 2), --multi-turn (a conversation per scene, three to five answers per forward pass)
+and --max-image-rms (a penalty on the projector's output scale).
 
 What makes this fit on 2 CPU cores: the vision tower is frozen, so its features are computed once per
 scene; sequences are short (25 image tokens, ~45 in all); logits are computed at the answer positions
@@ -17,7 +22,8 @@ descriptions, so short question rows are not padded to a caption's length. Every
 (bfloat16 autocast was measured 1.5-3x slower than fp32 on this CPU with torch 2.13).
 
 Writes `projector.safetensors` and `training.json` (settings, minutes, held-out exact-match per question
-kind, measured by greedy generation with transformers on the assembled fp32 model).
+kind, measured by greedy generation with transformers on the assembled fp32 model, and how well the
+image tokens read as their words before and after stage 2).
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
@@ -118,6 +125,93 @@ class Batcher:
         return ids, mask, (rows_idx, cols_idx), labels
 
 
+# Grounded pre-alignment (before the language-model loss; --align-steps): each image token is first
+# regressed onto the frozen LLM's own input embeddings of the words for what its patch shows, " red" +
+# " star" where an object covers it, " background" elsewhere. The scenes' geometry is known, so the
+# targets are exact, and this stage needs no pass through the LLM (seconds). The LLM then starts
+# from image tokens that already read like words, instead of the projector's random init.
+BACKGROUND_WORD = "background"
+COVER_SAMPLES = 6        # a patch is sampled on a 6 x 6 grid of points
+MIN_COVER = 0.2          # the share of those points an object must cover to name the patch
+
+
+def patch_words(scene: scenes.Scene, grid: int) -> list[tuple[str, ...]]:
+    """For each patch of a `grid` x `grid` tokenization (row-major), the words its token is aligned
+    to: the colour and shape of the object covering most of it, or the background word."""
+    placed = scenes.object_placements(scene)
+    offsets = (np.arange(COVER_SAMPLES) + 0.5) / COVER_SAMPLES
+    words = []
+    for py in range(grid):
+        for px in range(grid):
+            xs = (px + offsets[None, :]) / grid
+            ys = (py + offsets[:, None]) / grid
+            cover = [float(((xs - cx) ** 2 + (ys - cy) ** 2 <= r * r).mean()) for cx, cy, r in placed]
+            best = int(np.argmax(cover)) if cover else -1
+            if best >= 0 and cover[best] >= MIN_COVER:
+                words.append((scene.objects[best].colour, scene.objects[best].shape))
+            else:
+                words.append((BACKGROUND_WORD,))
+    return words
+
+
+def alignment_targets(model, tokenizer, scene_list: list[scenes.Scene], grid: int):
+    """([scenes, grid * grid, hidden] target embeddings, [scenes, grid * grid] colour index or -1,
+    the same for shape): the sum of each patch's words' input embeddings (with a leading space, as
+    the words appear in running text; each is one token in SmolLM2's vocabulary)."""
+    table = model.get_input_embeddings().weight.detach()
+    vocab = list(scenes.COLOURS) + list(scenes.SHAPES) + [BACKGROUND_WORD]
+    ids = {w: tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in vocab}
+    emb = {w: table[i].mean(0) for w, i in ids.items()}
+    targets = torch.zeros(len(scene_list), grid * grid, table.shape[1])
+    colour = torch.full((len(scene_list), grid * grid), -1, dtype=torch.long)
+    shape = torch.full_like(colour, -1)
+    for n, s in enumerate(scene_list):
+        for k, words in enumerate(patch_words(s, grid)):
+            targets[n, k] = sum(emb[w] for w in words)
+            if len(words) == 2:
+                colour[n, k] = list(scenes.COLOURS).index(words[0])
+                shape[n, k] = scenes.SHAPES.index(words[1])
+    readout = torch.stack([emb[w] for w in vocab])
+    return targets, colour, shape, readout
+
+
+def align_projector(projector, features, targets, steps: int, batch: int, lr: float, seed: int) -> list[dict]:
+    """Regress every image token onto its target embedding (mean squared error relative to the
+    targets' mean square); returns the loss log."""
+    g = torch.Generator().manual_seed(seed)
+    flat_x, flat_y = features.reshape(-1, features.shape[-1]), targets.reshape(-1, targets.shape[-1])
+    scale = flat_y.pow(2).mean()
+    opt = torch.optim.AdamW(projector.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    log, running = [], None
+    for step in tqdm(range(steps), desc="aligning image tokens to words", unit="step"):
+        idx = torch.randint(len(flat_x), (batch,), generator=g)
+        loss = F.mse_loss(projector(flat_x[idx]), flat_y[idx]) / scale
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+        if step % 250 == 0 or step == steps - 1:
+            log.append({"step": step, "relative_mse": round(running, 4)})
+    return log
+
+
+@torch.no_grad()
+def word_readout(projector, features, colour, shape, readout) -> dict[str, float]:
+    """How often an object patch's image token is nearest (dot product, among the scene vocabulary's
+    colour and shape words) to its own colour and shape: whether the words are in the tokens."""
+    tokens = projector(features)                              # [n, patches, hidden]
+    scores = tokens @ readout.T                               # [n, patches, vocabulary]
+    n_col = len(scenes.COLOURS)
+    got_colour = scores[..., :n_col].argmax(-1)
+    got_shape = scores[..., n_col:n_col + len(scenes.SHAPES)].argmax(-1)
+    on = colour >= 0
+    return {"colour": round(100 * (got_colour[on] == colour[on]).float().mean().item(), 1),
+            "shape": round(100 * (got_shape[on] == shape[on]).float().mean().item(), 1),
+            "object_patches": int(on.sum())}
+
+
 # The first projector, trained on cross-entropy alone, emitted image embeddings of RMS 9.2 where
 # SmolLM2's token embeddings have 0.13, and the int8 (dynamically quantized) decoder lost the prompt
 # beside them. --max-image-rms R makes every image embedding above RMS R pay this quadratic penalty.
@@ -156,7 +250,7 @@ def torch_answerer(model: LlavaForConditionalGeneration, tokenizer, processor, m
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m mmedge.models.train_tiny_vlm", description=__doc__.split("\n")[0])
     ap.add_argument("--scenes", type=int, default=4000, help="training scenes (features computed once)")
-    ap.add_argument("--samples", type=int, default=6400, help="training conversations seen (a scene's questions, or a description)")
+    ap.add_argument("--samples", type=int, default=12800, help="training conversations seen (a scene's questions, or a description)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--held-out", type=int, default=100, help="held-out scenes graded at the end")
@@ -164,6 +258,11 @@ def main(argv: list[str] | None = None) -> None:
                     help="train on conversations (a question per object, the count, the word) instead of one question")
     ap.add_argument("--max-image-rms", type=float, default=0.0,
                     help="penalize image embeddings above this RMS (0: no penalty)")
+    ap.add_argument("--align-steps", type=int, default=1500,
+                    help="grounded pre-alignment steps before the language-model loss (0: none)")
+    ap.add_argument("--align-lr", type=float, default=3e-3)
+    ap.add_argument("--align-weight", type=float, default=0.0,
+                    help="keep the alignment loss on during the language-model loss, this weight")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--clip", type=Path, default=reference.CLIP_DIR, help="the trained tiny CLIP folder")
@@ -192,6 +291,21 @@ def main(argv: list[str] | None = None) -> None:
     for s in train:
         s._image = None
     features = patch_features(model, pixels)
+    grid = math.isqrt(features.shape[1])
+
+    held = evaluate.held_out(args.held_out)
+    held_features = patch_features(model, pixel_tensor([s.image for s in held], processor))
+    alignment = {}
+    targets = None
+    if args.align_steps > 0 or args.align_weight > 0:
+        targets, _, _, readout = alignment_targets(model, tokenizer, train, grid)
+        target_scale = targets.pow(2).mean()
+        _, colour, shape, _ = alignment_targets(model, tokenizer, held, grid)
+    if args.align_steps > 0:
+        alignment["log"] = align_projector(projector, features, targets, args.align_steps, 512,
+                                           args.align_lr, args.seed)
+        alignment["held_out_readout"] = word_readout(projector, held_features, colour, shape, readout)
+        print(f"word readout of held-out object patches after alignment: {alignment['held_out_readout']}")
 
     steps = args.samples // args.batch
     opt = torch.optim.AdamW(projector.parameters(), lr=args.lr, weight_decay=0.0)
@@ -206,6 +320,8 @@ def main(argv: list[str] | None = None) -> None:
         batch = batcher([sample_turns(train[i], rng, describe, args.multi_turn) for i in idx])
         answers, penalty = answer_loss(model, features[idx], *batch, max_image_rms=args.max_image_rms)
         loss = answers + penalty
+        if args.align_weight > 0:
+            loss = loss + args.align_weight * F.mse_loss(projector(features[idx]), targets[idx]) / target_scale
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(projector.parameters(), 1.0)
@@ -220,10 +336,12 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     save_file(reference.projector_state(model), str(args.out / reference.PROJECTOR_FILE))
     model.eval()
+    if targets is not None:   # how much of the words the language-model loss left in the tokens
+        alignment["held_out_readout_after_training"] = word_readout(projector, held_features, colour,
+                                                                    shape, readout)
     with torch.no_grad():
         image_rms = projector(features[:256]).pow(2).mean(-1).sqrt().mean().item()
         token_rms = model.get_input_embeddings().weight.pow(2).mean(-1).sqrt().mean().item()
-    held = evaluate.held_out(args.held_out)
     n_questions = sum(1 for _ in evaluate.vlm_questions(held))
     with tqdm(total=n_questions, desc="held-out questions", unit="q") as progress:
         report = evaluate.vlm_metrics(torch_answerer(model, tokenizer, processor), held, progress)
@@ -234,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
               "image_embedding_rms": {"max_before_penalty": args.max_image_rms, "penalty_weight": RMS_PENALTY,
                                       "measured_mean": round(image_rms, 3),
                                       "token_embedding_rms": round(token_rms, 3)},
-              "minutes": round(minutes, 1), "torch": torch.__version__, "held_out": report.summary(),
+              "alignment": alignment, "minutes": round(minutes, 1), "torch": torch.__version__, "held_out": report.summary(),
               "loss_log": log}
     reference.save_training_record(args.out, reference.VLM_DIR, record)
 

@@ -133,21 +133,34 @@ def _centre(region: str, rng: random.Random, size: int) -> tuple[float, float]:
     return rng.uniform(x0, x1) * size, rng.uniform(y0, y1) * size
 
 
-def _render(s: Scene) -> Image.Image:
+def _draw_plan(s: Scene, big: int) -> tuple[random.Random, np.ndarray, bool, list[tuple[float, float, float]]]:
+    """The render's random draws up to the objects: (the rng, left where the sign's draws continue it;
+    the background's tilt; whether its gradient runs horizontally; each object's (cx, cy, radius) in
+    pixels of a `big`-sized canvas)."""
     rng = random.Random(f"render/{s.seed}/{s.index}")
+    tilt = np.array([rng.uniform(-25, 25) for _ in range(3)], np.float32)
+    horizontal = rng.random() < 0.5
+    placed = [(*_centre(obj.position, rng, big), SIZES[obj.size] * big / 2) for obj in s.objects]
+    return rng, tilt, horizontal, placed
+
+
+def object_placements(s: Scene) -> list[tuple[float, float, float]]:
+    """Where each of `s.objects` is drawn: (centre x, centre y, radius) as fractions of the scene's side."""
     big = SCENE_SIZE * _SUPERSAMPLE
+    return [(cx / big, cy / big, r / big) for cx, cy, r in _draw_plan(s, big)[3]]
+
+
+def _render(s: Scene) -> Image.Image:
+    big = SCENE_SIZE * _SUPERSAMPLE
+    rng, tilt, horizontal, placed = _draw_plan(s, big)
     # Background: a soft gradient over the scene's grey, so no two backgrounds are the same flat colour.
     base = np.array(s.background, np.float32)
-    tilt = np.array([rng.uniform(-25, 25) for _ in range(3)], np.float32)
     ramp = np.linspace(-0.5, 0.5, big, dtype=np.float32)
-    horizontal = rng.random() < 0.5
     grad = ramp[None, :, None] if horizontal else ramp[:, None, None]
     canvas = np.broadcast_to(base + grad * tilt, (big, big, 3))
     img = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
-    for obj in s.objects:
-        cx, cy = _centre(obj.position, rng, big)
-        r = SIZES[obj.size] * big / 2
+    for obj, (cx, cy, r) in zip(s.objects, placed):
         colour = COLOURS[obj.colour]
         if obj.shape == "circle":
             draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour)
