@@ -114,6 +114,23 @@ def test_object_placements_are_where_the_objects_are_drawn():
             assert np.abs(np.array([x[mask].mean(), y[mask].mean()]) - centre).max() < 1.0, (i, obj)
 
 
+def test_vlm_alignment_targets_name_the_patches_each_object_covers():
+    from mmedge.models.train_tiny_vlm import BACKGROUND_WORD, patch_words
+
+    grid = 5
+    for i in range(30):
+        s = scenes.scene(i, scenes.HELD_OUT_SEED)
+        words = patch_words(s, grid)
+        assert len(words) == grid * grid
+        for obj, (cx, cy, r) in zip(s.objects, scenes.object_placements(s)):
+            named = [k for k, w in enumerate(words) if w == (obj.colour, obj.shape)]
+            assert named, (i, obj)                        # every object names at least one patch
+            for k in named:                               # ... and only patches it overlaps
+                px, py = (k % grid + 0.5) / grid, (k // grid + 0.5) / grid
+                assert np.hypot(px - cx, py - cy) <= r + 0.5 * np.sqrt(2) / grid, (i, obj, k)
+        assert all(w == (BACKGROUND_WORD,) or len(w) == 2 for w in words)
+
+
 @pytest.mark.parametrize("text,expected", [("Red.", "red"), ("It is red", "red"), ("three", "3"),
                                            ("The center", "centre"), ("STOP!", "stop"), ("4", "4")])
 def test_normalize_answer(text, expected):
