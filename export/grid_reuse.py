@@ -25,6 +25,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from mmedge.errors import ExportError
+
 BLOCK = 32
 REL_TOL = 1e-5
 
@@ -88,18 +90,21 @@ def eight_bit_blocks(quantized: Path, reference: Path) -> dict[str, int]:
     """Rewrite every 4-bit MatMulNBits of the graph at `quantized` as 8-bit blocks of 32 (symmetric,
     round-to-nearest) from the float weights of the same builder's graph at `reference`. With the
     builder's accuracy level 4 the activations are quantized to int8 per block of 32 features of
-    each token, so no token's range sets another's scale. Returns counts."""
+    each token, so no token's range sets another's scale. Returns counts. A 4-bit node that cannot
+    be rewritten is refused (an "int8" bundle with 4-bit layers in it would be a silent lie)."""
     model = onnx.load(str(quantized))
     float_weights = _float_weights(onnx.load(str(reference)))
     inits = {i.name: i for i in model.graph.initializer}
-    counts = {"int8_blocks": 0, "kept": 0}
+    counts = {"int8_blocks": 0}
     for node in model.graph.node:
-        is_q4 = node.op_type == "MatMulNBits" and node.name.endswith("_Q4")
-        weight = float_weights.get(node.name[: -len("_Q4")]) if is_q4 else None
+        if node.op_type != "MatMulNBits":
+            continue
+        weight = float_weights.get(node.name.removesuffix("_Q4")) if node.name.endswith("_Q4") else None
         found = symmetric8(weight, exact=False) if weight is not None else None
         if found is None or (len(node.input) > 3 and node.input[3]):
-            counts["kept"] += node.op_type == "MatMulNBits"
-            continue
+            raise ExportError(f"int8: the 4-bit MatMul {node.name!r} has no matching float weight in the "
+                              f"builder's fp32 graph, so it cannot be made 8-bit. Export with --quant "
+                              f"int4 or fp32 instead.")
         packed, scales = found
         _set(inits, node.input[1], packed)
         _set(inits, node.input[2], scales.reshape(inits[node.input[2]].dims))

@@ -12,6 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from mmedge.errors import ExportError
 from mmedge.export.grid_reuse import affine4, eight_bit_blocks, reuse_grids, symmetric8
 
 K, N = 96, 40
@@ -90,7 +91,7 @@ def test_eight_bit_blocks_keep_every_token(tmp_path):
     rng = np.random.default_rng(3)
     weight = rng.normal(size=(K, N)).astype(np.float32)
     ref, q = _graphs(tmp_path, weight)
-    assert eight_bit_blocks(q, ref) == {"int8_blocks": 1, "kept": 0}
+    assert eight_bit_blocks(q, ref) == {"int8_blocks": 1}
     node = onnx.load(str(q)).graph.node[0]
     assert {a.name: a.i for a in node.attribute}["bits"] == 8
     # One token a thousand times larger than the others (a LLaVA's image token next to text): each
@@ -102,3 +103,13 @@ def test_eight_bit_blocks_keep_every_token(tmp_path):
     for t in range(6):
         scale = np.abs(expected[0, t]).max()
         assert np.abs(run[0, t] - expected[0, t]).max() <= 0.03 * scale, t
+
+
+def test_eight_bit_blocks_refuse_a_weight_they_cannot_rewrite(tmp_path):
+    weight = np.random.default_rng(4).normal(size=(K, N)).astype(np.float32)
+    ref, q = _graphs(tmp_path, weight)
+    float_model = onnx.load(str(ref))
+    float_model.graph.node[0].name = "/another/MatMul"       # no float twin for /layer/MatMul_Q4
+    onnx.save(float_model, str(ref))
+    with pytest.raises(ExportError, match="MatMul_Q4.*--quant int4 or fp32"):
+        eight_bit_blocks(q, ref)
