@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> None:
     if targets is not None:   # how much of the words the language-model loss left in the tokens
         alignment["held_out_readout_after_training"] = word_readout(held_tokens(), colour, shape, readout)
     with torch.no_grad():
-        image_rms = projector(image_features(list(range(256)))).pow(2).mean(-1).sqrt().mean().item()
+        image_rms = projector(image_features(list(range(min(256, len(train)))))).pow(2).mean(-1).sqrt().mean().item()
         token_rms = model.get_input_embeddings().weight.pow(2).mean(-1).sqrt().mean().item()
     n_questions = sum(1 for _ in evaluate.vlm_questions(held))
     with tqdm(total=n_questions, desc="held-out questions", unit="q") as progress:

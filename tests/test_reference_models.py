@@ -195,6 +195,35 @@ def test_lora_adapters_fold_into_the_plain_layers_they_were_trained_on():
         lora.merge(nn.ModuleDict({"self_attn": nn.ModuleDict({"gate": nn.Linear(12, 12)})}), saved)
 
 
+def test_vlm_training_commits_what_it_graded(tmp_path):
+    """A few steps of the real training script: it writes the projector, the tuned tower and the
+    adapters, and the checkpoint build_tiny_vlm assembles from them answers as the run graded."""
+    from transformers import LlavaForConditionalGeneration
+
+    from mmedge.models import tiny, train_tiny_vlm
+
+    out = tmp_path / "run"
+    train_tiny_vlm.main(["--scenes", "40", "--samples", "32", "--batch", "8", "--align-steps", "4",
+                         "--held-out", "2", "--out", str(out)])
+    assert {p.name for p in out.iterdir()} == {reference.PROJECTOR_FILE, reference.TOWER_FILE,
+                                                reference.LORA_FILE, "training.json"}
+    record = json.loads((out / "training.json").read_text())
+    assert record["trained_parameters"] == 443_520 + 921_600    # projector + rank-8 q/k/v/o adapters
+
+    folder = reference.build_tiny_vlm(tmp_path / "hf", trained_dir=out)
+    model = LlavaForConditionalGeneration.from_pretrained(str(folder), dtype=torch.float32).eval()
+    answer = train_tiny_vlm.torch_answerer(model, tiny.load_tokenizer(tiny.IMAGE_TOKEN),
+                                           reference.clip_image_processor())
+    assert evaluate.vlm_metrics(answer, evaluate.held_out(2)).summary() == record["held_out"]
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out / reference.TOWER_FILE))
+    tower = model.model.vision_tower.state_dict()
+    assert all(torch.equal(tower[k], v.float()) for k, v in saved.items())
+    fc1 = "encoder.layers.0.mlp.fc1.weight"                       # tuned away from the tiny CLIP's
+    assert not torch.equal(tower[fc1], reference.load_clip().vision_model.state_dict()[fc1])
+
+
 # ------------------------------------------------------------------------------------- tiny CLIP
 
 @pytest.fixture(scope="module")
