@@ -10,7 +10,7 @@ projections (0.92 M). SmolLM2's own weights stay frozen. Two stages:
    object covers it, " background" elsewhere; the generator knows where it drew each object), so the
    LLM's first view of an image is a bag of words it already reads. The tower learns here too
    (--tower-align-lr): the contrastive tower reads a patch's shape for 70% of object patches, the
-   tuned one for ~90%. It is then frozen and rounded to fp16, as it is committed.
+   tuned one for 97.5%. It is then frozen and rounded to fp16, as it is committed.
 2. The language-model loss, through the projector and the LoRA adapters: each sample is one user turn
    in the bundle's own chat template (an image, then a question about the scene or "Describe the
    image.") and the loss is the cross-entropy on the answer tokens and the closing <|im_end|> only.
@@ -69,7 +69,7 @@ def patch_features(model: LlavaForConditionalGeneration, pixels: torch.Tensor, b
 
 
 def tower_features(model: LlavaForConditionalGeneration, pixels: torch.Tensor) -> torch.Tensor:
-    """`patch_features` for one batch, with a gradient when the tower learns (--tune-tower)."""
+    """`patch_features` for one batch, with a gradient when the tower learns (--tower-align-lr, --tower-lr)."""
     hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states
     return hidden[reference.VISION_FEATURE_LAYER][:, 1:]
 
