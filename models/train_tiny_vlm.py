@@ -310,11 +310,12 @@ def main(argv: list[str] | None = None) -> None:
                         for i in tqdm(range(0, len(train), 256), desc="rendering", unit="x256 scenes")])
     for s in train:
         s._image = None
-    # A frozen tower's features are computed once per scene; a learning one runs on every batch.
+    # A frozen tower's features are computed once per scene (`features`); a learning one runs on
+    # every batch (`features` is None while it learns).
     features = None if tune_tower else patch_features(model, pixels)
 
     def image_features(idx) -> torch.Tensor:
-        return tower_features(model, pixels[idx]) if tune_tower else features[idx]
+        return tower_features(model, pixels[idx]) if features is None else features[idx]
 
     grid = reference.IMAGE_SIZE // reference.PATCH_SIZE
     held = evaluate.held_out(args.held_out)
@@ -361,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
         idx = [rng.randrange(len(train)) for _ in range(args.batch)]
         describe = rng.random() < DESCRIBE_SHARE
         batch = batcher([sample_turns(train[i], rng, describe, args.multi_turn) for i in idx])
-        feats = tower_features(model, pixels[idx]) if args.tower_lr > 0 else features[idx]
+        feats = image_features(idx)
         answers, penalty = answer_loss(model, feats, *batch, max_image_rms=args.max_image_rms)
         loss = answers + penalty
         if args.align_weight > 0:
