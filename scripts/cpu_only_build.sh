@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CI: a CPU-only build of mmedge (MMEDGE_CUDA=OFF) installs and passes the native tests. pip builds
 # it (scikit-build-core, build tree build/cpu-only, apart from the default build's) and installs it
-# into a temporary directory; pytest then runs tests/test_kernels.py and tests/test_native_build.py
+# into a temporary directory; pytest then runs tests/native/ (the kernel and native-build tests)
 # with that directory first on PYTHONPATH, ahead of the mmedge scripts/test.sh installed into .venv
 # (the default build: CUDA where nvcc is found). MMEDGE_EXPECT_CUDA_BUILD=0 has test_native_build.py
 # check that the extension under test really is the one built without CUDA.
@@ -38,6 +38,6 @@ cd "$ROOT"
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" MMEDGE_EXPECT_CUDA_BUILD=0
 # Which mmedge the tests import: the CPU-only install, not .venv's.
 "$PY" -c 'import sys, mmedge._C as C; assert C.__file__.startswith(sys.argv[1]), C.__file__' "$SITE"
-"$PY" -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_native_build.py
+"$PY" -m pytest -q -p no:cacheprovider tests/native/
 echo "cpu-only: MMEDGE_CUDA=OFF build installed and passed the kernel and native-build tests" \
      "[build $((built - start)) s, total $((SECONDS - start)) s]"

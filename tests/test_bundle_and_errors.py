@@ -267,7 +267,7 @@ def test_runtime_does_not_import_torch(bundle):
 def test_chat_multi_turn_with_image(bundle, tmp_path, monkeypatch, capsys):
     from PIL import Image
 
-    from mmedge.chat import chat_loop
+    from mmedge.cli.chat import chat_loop
 
     image = tmp_path / "x.png"
     Image.fromarray(np.full((40, 60, 3), 200, dtype=np.uint8)).save(image)

@@ -5,21 +5,50 @@
     print(model.generate("What is in front of me?", images=["photo.jpg"]))
     for chunk in model.generate("Tell me more.", stream=True): print(chunk, end="")
 
-The runtime needs numpy, onnxruntime, tokenizers, Pillow and jinja2. `mmedge export` (the
-`mmedge.export` package, torch + transformers) is only imported by the CLI's export command.
+The runtime, by job:
+
+    bundle.py, backend.py, errors.py   opening a bundle (checksums, paths), choosing the device and
+                                       opening ONNX Runtime sessions, the exceptions mmedge raises
+    native.py, kernels.py              the C++/CUDA extension `mmedge._C` and its Python wrappers
+                                       (patch embedding, attention), used by vision/ and generation/
+    vision/      images in (files, bytes, PIL, camera frames), HF-exact preprocessing, the
+                 vision graph's input
+    text/        tokenizer, chat template, streaming detokenizer, stop strings
+    generation/  the VLM/LLM `Model`, the decoder session and KV caches, the generation loop,
+                 sampling
+    clip/        CLIP/SigLIP `ClipModel`, the on-disk image index, contact sheets
+    evaluation/  generated scenes (`mmedge.scenes`), quality (`mmedge eval`), speed (`mmedge bench`)
+    cli/         the `mmedge` command, one module per command group
+
+It needs numpy, onnxruntime, tokenizers, Pillow and jinja2. `mmedge.export` (torch +
+transformers) and `mmedge.models` (the reference models trained here) are separate packages that
+the runtime never imports; only the CLI's export command does.
 """
 
 __version__ = "0.1.0"
 
-from .errors import (BundleError, DeviceError, ExportError, ImageError, MMEdgeError,  # noqa: E402
-                     PromptError, UnsupportedModelError)
+from mmedge.errors import (BundleError, DeviceError, ExportError, ImageError, MMEdgeError,  # noqa: E402
+                           PromptError, UnsupportedModelError)
 
 
 def load(bundle, device: str = "auto", threads=None, verify: bool = True):
-    """Open a bundle written by `mmedge export`; see `mmedge.model.load`."""
-    from .model import load as _load
+    """Open a bundle written by `mmedge export`.
 
-    return _load(bundle, device=device, threads=threads, verify=verify)
+    `device` is "auto" (CUDA when onnxruntime-gpu and a GPU are present, else CPU), "cpu" or
+    "cuda"; `model.device.note` says which one runs. `verify` checks every file's sha256 first.
+    Gives a `mmedge.generation.Model` for a (vision-)language model and a `mmedge.clip.ClipModel`
+    for a CLIP/SigLIP bundle (family "clip").
+    """
+    from mmedge.bundle import open_bundle
+
+    opened = open_bundle(bundle, verify=verify)
+    if opened.family == "clip":
+        from mmedge.clip import ClipModel
+
+        return ClipModel(opened, device=device, threads=threads)
+    from mmedge.generation import Model
+
+    return Model(opened, device=device, threads=threads)
 
 
 __all__ = ["load", "__version__", "MMEdgeError", "BundleError", "DeviceError", "ExportError",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from .errors import DeviceError
+from mmedge.errors import DeviceError
 
 DEVICES = ("auto", "cpu", "cuda")
 

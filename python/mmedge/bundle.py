@@ -10,10 +10,10 @@ Format (FORMAT_VERSION 1), the fields a runtime relies on:
                      "clip" (CLIP/SigLIP image + text towers, see mmedge.clip)
     components       {name: {"file": ..., "inputs": [...], "outputs": [...], "precision": ...}}
                      names: "vision", "embed", "decoder"; "image", "text" for "clip"
-    image            preprocessing parameters (see mmedge.preprocess) and "patch_embedding":
+    image            preprocessing parameters (see mmedge.vision.preprocess) and "patch_embedding":
                      {file, num_tokens, dim, patch_size, tensors}, the weights the runtime's
                      patch-embedding kernel turns frames into the image graph's `patch_tokens`
-                     with (see mmedge.vision_input); VLM and CLIP bundles only
+                     with (see mmedge.vision.inputs); VLM and CLIP bundles only
     text             tokenizer file, chat template, special tokens, context length
     decoder          num_layers, num_kv_heads, head_dim, hidden_size, vocab_size, kv_dtype
     clip             ("clip" family) kind, embed_dim, logit_scale (the multiplier), logit_bias
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BundleError
+from mmedge.errors import BundleError
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"

@@ -12,7 +12,7 @@ CPU's AVX-512/AVX2 where present, release the GIL, and never copy their numpy in
   rows of a preallocated KV cache; `out` and `scratch` may be passed in so a decode step allocates
   nothing.
 
-`patch_embed` is the runtime's image path (mmedge.vision_input: every bundle's image graph starts
+`patch_embed` is the runtime's image path (mmedge.vision.inputs: every bundle's image graph starts
 after the patch embedding); `attention` is not wired into a decoder yet. Nothing here imports torch
 or `mmedge.export`. Without `_C` (a source tree that was not built) `available()` is False and the
 kernels raise RuntimeError saying how to build it.
@@ -29,7 +29,7 @@ from PIL import Image
 
 from mmedge.errors import ImageError
 from mmedge.native import _C, _UNAVAILABLE_REASON
-from mmedge.preprocess import ImagePreprocessor, resize_output_size
+from mmedge.vision.preprocess import ImagePreprocessor, resize_output_size
 
 # Pillow 13 changed the order of its two resampling passes in some cases (see csrc/patch_embed.cpp);
 # match the Pillow that ImagePreprocessor uses here.
@@ -71,7 +71,7 @@ def patch_embed(frame: np.ndarray, spec: Mapping[str, Any] | ImagePreprocessor,
 
     frame    uint8 [H, W, 3] RGB, any size; rows may be strided (a crop of a larger buffer) but
              pixels must be packed (strides (row, 3, 1)).
-    spec     the manifest's "image" dict (see `mmedge.preprocess`), or an `ImagePreprocessor`;
+    spec     the manifest's "image" dict (see `mmedge.vision.preprocess`), or an `ImagePreprocessor`;
              its resample must be BICUBIC (3), the only filter implemented natively.
     weights  "weight": the patch conv [D, 3, P, P] float32 (C-contiguous); optional "bias" [D]
              (SigLIP), "class_embedding" [D] (CLIP: token 0 becomes class_embedding + pos[0]) and

@@ -1,7 +1,7 @@
 """The optional native extension `mmedge._C`: whether it is present and what it was built with.
 
 `mmedge.kernels` reaches the kernels through the `_C` loaded here. mmedge runs without `_C` (the
-image path then embeds patches with numpy, see mmedge.vision_input), so a missing extension is a fact
+image path then embeds patches with numpy, see mmedge.vision.inputs), so a missing extension is a fact
 to report, not an error. Nothing here imports torch or `mmedge.export`.
 """
 
