@@ -136,7 +136,7 @@ def _prepare_model(workdir: Path, preset: str) -> Path:
 def _prepare_image(workdir: Path) -> Path:
     from PIL import Image
 
-    from mmedge.benchmark import synthetic_frame
+    from mmedge.evaluation.speed import synthetic_frame
 
     path = workdir / "frame-640x480.jpg"
     if not path.exists():

@@ -137,8 +137,8 @@ def bench_patch(threads: int, budget: float) -> None:
     from PIL import Image
 
     from mmedge import kernels
-    from mmedge.benchmark import synthetic_frame
-    from mmedge.preprocess import ImagePreprocessor
+    from mmedge.evaluation.speed import synthetic_frame
+    from mmedge.vision.preprocess import ImagePreprocessor
 
     rows = []
     for fh, fw in FRAMES:

@@ -33,10 +33,11 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from mmedge import scenes
+from mmedge.evaluation import scenes
 from mmedge.errors import ExportError
 
-from . import lora, tiny
+from . import lora
+from . import tiny
 
 WEIGHTS = Path(__file__).parent / "weights"
 CLIP_DIR = WEIGHTS / "mmedge-tiny-clip"

@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import CLIPModel
 
-from mmedge import evaluate, scenes
+from mmedge.evaluation import quality as evaluate
+from mmedge.evaluation import scenes
 
 from . import reference
 

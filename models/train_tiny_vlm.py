@@ -47,9 +47,12 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 from transformers import LlavaForConditionalGeneration
 
-from mmedge import evaluate, scenes
+from mmedge.evaluation import quality as evaluate
+from mmedge.evaluation import scenes
 
-from . import lora, reference, tiny
+from . import lora
+from . import reference
+from . import tiny
 from .train_tiny_clip import pixel_tensor
 
 DESCRIBE = "Describe the image."
