@@ -18,7 +18,8 @@ import random
 import pytest
 
 from mmedge.errors import BundleError, MMEdgeError, PromptError
-from mmedge.text import ChatTemplate, StopStrings, StreamingDetokenizer, Tokenizer
+from mmedge.text import (ChatTemplate, DecodeStreamDetokenizer, StopStrings, StreamingDetokenizer,
+                         Tokenizer, streaming_detokenizer)
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
@@ -221,20 +222,29 @@ def test_encode_rejects_non_strings(smollm2: Case):
 
 # -- StreamingDetokenizer ------------------------------------------------------------------------
 
-def _stream(tok: Tokenizer, ids: list[int], skip: bool = True) -> list[str]:
-    detok = StreamingDetokenizer(tok, skip_special_tokens=skip)
+def _detokenizers(tok: Tokenizer) -> list[type]:
+    """Both streaming detokenizers where the tokenizer allows DecodeStream, else the hand-written one."""
+    return [StreamingDetokenizer, DecodeStreamDetokenizer] if tok.plain_decode else [StreamingDetokenizer]
+
+
+def _stream(tok: Tokenizer, ids: list[int], skip: bool = True, kind: type = StreamingDetokenizer) -> list[str]:
+    detok = kind(tok, skip_special_tokens=skip)
     chunks = [detok.push(i) for i in ids]
     chunks.append(detok.flush())
     return chunks
 
 
 def _check_stream(tok: Tokenizer, ids: list[int], skip: bool = True) -> list[str]:
-    chunks = _stream(tok, ids, skip)
+    """Every detokenizer that applies: joined chunks equal the full decode, and no chunk holds a
+    U+FFFD that the full decode does not have (no character split across chunks). Returns the
+    chunks of the one the generation loop uses."""
     full = tok.decode(ids, skip_special_tokens=skip)
-    assert "".join(chunks) == full, (ids, chunks)
-    if "\ufffd" not in full:
-        assert not any("\ufffd" in c for c in chunks), (ids, chunks)
-    return chunks
+    for kind in _detokenizers(tok):
+        chunks = _stream(tok, ids, skip, kind)
+        assert "".join(chunks) == full, (kind.__name__, ids, chunks)
+        if "\ufffd" not in full:
+            assert not any("\ufffd" in c for c in chunks), (kind.__name__, ids, chunks)
+    return _stream(tok, ids, skip, type(streaming_detokenizer(tok)))
 
 
 def test_stream_equals_full_decode_on_text(case: Case):
@@ -276,19 +286,21 @@ def test_stream_special_token_inside_a_byte_run(llama_bytes: Case):
     ids = tok.encode("x") + [tok.token_to_id("<0x41>"), tok.token_to_id("</s>"), tok.token_to_id("<0x80>")]
     ids += tok.encode("y")
     assert tok.decode(ids) == "x\ufffd\ufffd y"
-    assert "".join(_stream(tok, ids)) == tok.decode(ids)
+    for kind in _detokenizers(tok):
+        assert "".join(_stream(tok, ids, kind=kind)) == tok.decode(ids)
 
 
 def test_stream_byte_fallback_waits_for_the_run(llama_bytes: Case):
     tok = llama_bytes.ours
     euro = [tok.token_to_id(f"<0x{b:02X}>") for b in "€".encode()]
     ids = tok.encode("x") + euro
-    chunks = _stream(tok, ids)
-    assert "".join(chunks) == tok.decode(ids) == "x€"
-    # A later byte can turn the whole run into U+FFFDs, so the run is not emitted until it ends.
-    bad = ids + [tok.token_to_id("<0x80>")]
-    assert tok.decode(bad) == "x" + "\ufffd" * 4
-    assert "".join(_stream(tok, bad)) == tok.decode(bad)
+    for kind in _detokenizers(tok):
+        chunks = _stream(tok, ids, kind=kind)
+        assert "".join(chunks) == tok.decode(ids) == "x€"
+        # A later byte can turn the whole run into U+FFFDs, so the run is not emitted until it ends.
+        bad = ids + [tok.token_to_id("<0x80>")]
+        assert tok.decode(bad) == "x" + "\ufffd" * 4
+        assert "".join(_stream(tok, bad, kind=kind)) == tok.decode(bad)
 
 
 def test_stream_clip_strips_like_transformers(clip: Case):
@@ -310,10 +322,16 @@ def test_stream_clean_up_tokenization(wordpiece: Case):
 
 def test_stream_is_reusable_after_flush(smollm2: Case):
     tok = smollm2.ours
-    detok = StreamingDetokenizer(tok)
-    for text in ("first answer", " second answer"):
-        ids = tok.encode(text)
-        assert "".join([detok.push(i) for i in ids] + [detok.flush()]) == tok.decode(ids)
+    for kind in _detokenizers(tok):
+        detok = kind(tok)
+        for text in ("first answer", " second answer"):
+            ids = tok.encode(text)
+            assert "".join([detok.push(i) for i in ids] + [detok.flush()]) == tok.decode(ids)
+
+
+def test_the_loop_streams_llm_text_with_decode_stream(smollm2: Case, clip: Case):
+    assert isinstance(streaming_detokenizer(smollm2.ours), DecodeStreamDetokenizer)
+    assert isinstance(streaming_detokenizer(clip.ours), StreamingDetokenizer)  # suffix-and-strip
 
 
 # -- ChatTemplate ----------------------------------------------------------------------------------

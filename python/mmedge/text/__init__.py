@@ -2,7 +2,8 @@
 
 - `Tokenizer`             (tokenizer.py)      encode/decode a bundle's tokenizer.json;
 - `ChatTemplate`          (chat_template.py)  the chat template, rendered in Jinja's sandbox;
-- `StreamingDetokenizer`  (detokenizer.py)    token ids in one at a time, final text out;
+- `streaming_detokenizer` (detokenizer.py)    token ids in one at a time, final text out
+                                              (tokenizers' DecodeStream where it does the job);
 - `StopStrings`           (stop_strings.py)   cut streamed text before the first stop string.
 
 Only `tokenizers`, `jinja2` and the standard library; sampling and the generation loop live in
@@ -10,8 +11,9 @@ Only `tokenizers`, `jinja2` and the standard library; sampling and the generatio
 """
 
 from mmedge.text.chat_template import ChatTemplate
-from mmedge.text.detokenizer import StreamingDetokenizer
+from mmedge.text.detokenizer import DecodeStreamDetokenizer, StreamingDetokenizer, streaming_detokenizer
 from mmedge.text.stop_strings import StopStrings
 from mmedge.text.tokenizer import Tokenizer
 
-__all__ = ["Tokenizer", "ChatTemplate", "StreamingDetokenizer", "StopStrings"]
+__all__ = ["Tokenizer", "ChatTemplate", "StreamingDetokenizer", "DecodeStreamDetokenizer",
+           "streaming_detokenizer", "StopStrings"]

@@ -67,6 +67,11 @@ class ChatTemplate:
                                          add_generation_prompt=add_generation_prompt, **variables)
         except jinja2.TemplateError as e:
             raise PromptError(f"The model's chat template rejected the conversation: {e}") from e
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+            # A template written for string contents given a list of parts, say.
+            raise PromptError(f"The model's chat template cannot render this conversation "
+                              f"({type(e).__name__}: {e}); check the messages' shape (this model "
+                              "may take only string contents).") from e
 
 
 def _template_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -79,9 +84,31 @@ def _template_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, 
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
             raise PromptError(f"Message {i} must be a dict with a string 'role' (and a 'content'), "
-                              f"got {message!r}.")
+                              f"got {_short(message)}.")
+        _check_content(i, message.get("content"))
         chat.append(_plain_template_data({k: v for k, v in message.items() if v is not None}))
     return _alias_reasoning_fields(chat)
+
+
+def _check_content(i: int, content: Any) -> None:
+    """A message's content is a string, None (a tool-call turn), or a list of typed parts."""
+    if content is None or isinstance(content, str):
+        return
+    if not isinstance(content, (list, tuple)):
+        raise PromptError(f"Message {i}'s content must be a string or a list of parts, not "
+                          f"{type(content).__name__}.")
+    for j, part in enumerate(content):
+        if not isinstance(part, Mapping) or not isinstance(part.get("type"), str):
+            raise PromptError(f"Part {j} of message {i} must be a dict with a string 'type' "
+                              f"(e.g. {{'type': 'text', 'text': '...'}} or {{'type': 'image'}}), "
+                              f"got {_short(part)}.")
+        if part["type"] == "text" and not isinstance(part.get("text"), str):
+            raise PromptError(f"Part {j} of message {i} is a text part without a string 'text'.")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _message_text(message: Mapping[str, Any]) -> str:

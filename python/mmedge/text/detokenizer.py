@@ -104,3 +104,53 @@ def _clean_up_cut(text: str) -> int:
     while j > 0 and " " in text[max(0, j - 3):j]:
         j -= 1
     return j
+
+
+class DecodeStreamDetokenizer:
+    """`StreamingDetokenizer`'s contract on `tokenizers.decoders.DecodeStream`, the tokenizers
+    library's own streaming decoder (it holds back incomplete UTF-8 and byte-fallback runs and
+    keeps a token's leading space), for tokenizers whose decode needs none of transformers'
+    Python-side edits: the byte-level BPE and SentencePiece tokenizers of LLMs.
+
+    DecodeStream never emits text that would end in an incomplete character, so at the end of a
+    stream whose last bytes never completed, `flush` returns what the full decode has beyond what
+    was emitted (its U+FFFDs), and joined chunks still equal `Tokenizer.decode`.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True):
+        if not tokenizer.plain_decode:
+            raise ValueError("this tokenizer's decode has Python-side edits; use StreamingDetokenizer")
+        self._tok = tokenizer
+        self._skip_special = skip_special_tokens
+        self._reset()
+
+    def _reset(self) -> None:
+        from tokenizers.decoders import DecodeStream
+
+        self._stream = DecodeStream(skip_special_tokens=self._skip_special)
+        self._ids: list[int] = []
+        self._emitted: list[str] = []
+
+    def push(self, token_id: int) -> str:
+        token_id = int(token_id)
+        self._ids.append(token_id)
+        chunk = self._stream.step(self._tok._backend, token_id) or ""
+        self._emitted.append(chunk)
+        return chunk
+
+    def flush(self) -> str:
+        full = self._tok.decode(self._ids, skip_special_tokens=self._skip_special)
+        emitted = "".join(self._emitted)
+        self._reset()
+        if not full.startswith(emitted):  # never seen; the contract says why it matters
+            raise AssertionError(f"DecodeStream emitted {emitted!r}, not a prefix of {full!r}")
+        return full[len(emitted):]
+
+
+def streaming_detokenizer(tokenizer: Tokenizer, skip_special_tokens: bool = True):
+    """The streaming detokenizer for `tokenizer`: DecodeStream where it does the whole job, the
+    hand-written `StreamingDetokenizer` where transformers edits decoded text in Python (CLIP's
+    end-of-word suffix, `clean_up_tokenization_spaces`)."""
+    if tokenizer.plain_decode:
+        return DecodeStreamDetokenizer(tokenizer, skip_special_tokens)
+    return StreamingDetokenizer(tokenizer, skip_special_tokens)

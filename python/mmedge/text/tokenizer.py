@@ -42,6 +42,9 @@ class Tokenizer:
         backend.no_truncation()
         backend.no_padding()
         self._backend = backend
+        self._literal: tokenizers.Tokenizer | None = None
+        self._control: dict[int, str] = {i: t.content for i, t in backend.get_added_tokens_decoder().items()
+                                         if t.special}
         text = dict(text or {})
         self.special_tokens: dict[str, str] = {
             k: v for k, v in dict(text.get("special_tokens") or {}).items() if isinstance(v, str)
@@ -69,6 +72,14 @@ class Tokenizer:
         self.eos_token_ids: list[int] = [int(i) for i in eos_ids]
 
     @property
+    def plain_decode(self) -> bool:
+        """Whether `tokenizers.decoders.DecodeStream` streams exactly what `decode` gives: no
+        transformers Python-side edits, and no ByteFallback byte tokens (DecodeStream emits a run
+        of bytes once it forms characters, while a later byte can turn the whole run into U+FFFDs
+        in the full decode)."""
+        return not self._word_suffix and not self._clean_up and not self._byte_ids
+
+    @property
     def vocab_size(self) -> int:
         """Number of token ids, added tokens included (`len(hf_tokenizer)`)."""
         return self._backend.get_vocab_size(with_added_tokens=True)
@@ -79,13 +90,31 @@ class Tokenizer:
     def id_to_token(self, token_id: int) -> str | None:
         return self._backend.id_to_token(int(token_id))
 
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        """Token ids of `text`. Special tokens written in the text are parsed as such (as
-        transformers does by default); `add_special_tokens` runs the tokenizer's post-processor
-        (e.g. prepends BOS)."""
+    def encode(self, text: str, add_special_tokens: bool = False, *,
+               parse_special: bool = True) -> list[int]:
+        """Token ids of `text`. With `parse_special` (transformers' default) special tokens written
+        in the text become their ids; without it they are spelled out as ordinary text, which is
+        what text typed by a user must be. `add_special_tokens` runs the tokenizer's
+        post-processor (e.g. prepends BOS)."""
         if not isinstance(text, str):
             raise PromptError(f"Can only tokenize a string, got {type(text).__name__}.")
-        return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
+        backend = self._backend if parse_special else self._literal_backend()
+        return backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def control_tokens_in(self, text: str) -> list[str]:
+        """The special tokens (`<|im_start|>`, `<image>`, ...) that `text` would encode to if its
+        special-token spellings were parsed."""
+        ids = self._backend.encode(text, add_special_tokens=False).ids
+        return [self._control[i] for i in ids if i in self._control]
+
+    def _literal_backend(self) -> tokenizers.Tokenizer:
+        # A second backend with special-token parsing off (a per-call toggle of one backend's
+        # `encode_special_tokens` would race between threads).
+        if self._literal is None:
+            literal = tokenizers.Tokenizer.from_str(self._backend.to_str())
+            literal.encode_special_tokens = True
+            self._literal = literal
+        return self._literal
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         """Text of `ids`, equal to transformers' `tokenizer.decode(ids, skip_special_tokens=...)`."""
