@@ -43,7 +43,7 @@ def _mmedge_worker(spec: dict[str, Any]) -> dict[str, Any]:
     model = mmedge.load(spec["bundle"], device="cpu", threads=spec["threads"])
     for _ in range(2):  # warm-up, then the measured run
         model.generate(PROMPT, images=[spec["image"]], max_new_tokens=spec["new_tokens"],
-                       ignore_eos=True)
+                       ignore_eos=True, reuse=False)  # no warm KV prefix, no cached features
     s = model.last_stats
     return {"prompt_tokens": s.prompt_tokens, "image_tokens": s.image_tokens,
             "preprocess_ms": s.preprocess_ms, "encode_ms": s.encode_ms,

@@ -48,7 +48,8 @@ def _mmedge_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     model = mmedge.load(spec["bundle"], device="cpu", threads=spec["threads"])
     for _ in range(2):  # warm-up, then the measured run
-        model.generate(spec["prompt"], max_new_tokens=spec["new_tokens"], ignore_eos=True)
+        model.generate(spec["prompt"], max_new_tokens=spec["new_tokens"], ignore_eos=True,
+                       reuse=False)  # prefill the whole prompt every run
     s = model.last_stats
     return {"prompt_tokens": s.prompt_tokens, "new_tokens": s.new_tokens,
             "prefill_tok_s": s.prefill_tok_s, "decode_tok_s": s.decode_tok_s,

@@ -3,8 +3,9 @@
 The tests run against the installed package (`bash scripts/test.sh` installs it into .venv, with
 the native extension). An installed copy whose Python files differ from this source tree is stale:
 testing it would test code that is not here, so the run stops and says how to refresh it. Where
-mmedge is not installed at all, the source tree is imported instead (python/mmedge, with
-`mmedge.export` and `mmedge.models` from export/ and models/), without the native extension.
+mmedge is not installed at all (or `PYTHONPATH=python` puts the source first), the source tree is
+imported instead (python/mmedge, with `mmedge.export` and `mmedge.models` from export/ and
+models/), without the native extension.
 """
 
 import hashlib
@@ -37,14 +38,14 @@ def stale_files(installed: pathlib.Path) -> list[str]:
 
 
 try:
-    import mmedge  # the installed package
+    import mmedge  # the installed package (or python/ first on PYTHONPATH: the source tree)
 except ImportError:
     sys.path.insert(0, str(ROOT / "python"))
     import mmedge
+_installed = pathlib.Path(mmedge.__file__).resolve().parent
+if _installed == SOURCES[""]:
     mmedge.__path__.append(str(ROOT))  # makes mmedge.export / mmedge.models resolve to ROOT/export, ROOT/models
-else:
-    _installed = pathlib.Path(mmedge.__file__).resolve().parent
-    if _installed != (ROOT / "python" / "mmedge") and (_stale := stale_files(_installed)):
-        pytest.exit(f"The installed mmedge ({_installed}) is not this source tree: "
-                    f"{len(_stale)} file(s) differ, e.g. {', '.join(_stale[:5])}. Reinstall it with "
-                    f"`source scripts/env.sh` (or run `bash scripts/test.sh`).", returncode=4)
+elif _stale := stale_files(_installed):
+    pytest.exit(f"The installed mmedge ({_installed}) is not this source tree: "
+                f"{len(_stale)} file(s) differ, e.g. {', '.join(_stale[:5])}. Reinstall it with "
+                f"`source scripts/env.sh` (or run `bash scripts/test.sh`).", returncode=4)

@@ -27,15 +27,21 @@ the runtime never imports; only the CLI's export command does.
 
 __version__ = "0.1.0"
 
-from mmedge.errors import (BundleError, DeviceError, ExportError, ImageError, MMEdgeError,  # noqa: E402
+from mmedge.errors import (BundleError, BusyError, DeviceError, ExportError, ImageError, MMEdgeError,  # noqa: E402
                            PromptError, UnsupportedModelError)
 
 
-def load(bundle, device: str = "auto", threads=None, verify: bool = True):
+def load(bundle, device: str = "auto", threads=None, verify: bool = True, *, parallel: int = 1,
+         queue_timeout: float | None = None, image_cache: int = 16, strict_device: bool = False):
     """Open a bundle written by `mmedge export`.
 
     `device` is "auto" (CUDA when onnxruntime-gpu and a GPU are present, else CPU), "cpu" or
-    "cuda"; `model.device.note` says which one runs. `verify` checks every file's sha256 first.
+    "cuda"; `model.device.note` says which one runs (`strict_device=True`: a "cuda" that cannot
+    be had raises DeviceError instead of falling back to the CPU). `verify` checks every file's sha256 first.
+    For generation: `parallel` generations may be in progress at once, each with a KV cache of its
+    own (a further one waits up to `queue_timeout` seconds, None = as long as it takes, and is
+    refused with `BusyError` where waiting could never end); `image_cache` images' features are
+    kept for reuse.
     Gives a `mmedge.generation.Model` for a (vision-)language model and a `mmedge.clip.ClipModel`
     for a CLIP/SigLIP bundle (family "clip").
     """
@@ -45,11 +51,12 @@ def load(bundle, device: str = "auto", threads=None, verify: bool = True):
     if opened.family == "clip":
         from mmedge.clip import ClipModel
 
-        return ClipModel(opened, device=device, threads=threads)
+        return ClipModel(opened, device=device, threads=threads, strict_device=strict_device)
     from mmedge.generation import Model
 
-    return Model(opened, device=device, threads=threads)
+    return Model(opened, device=device, threads=threads, parallel=parallel,
+                 queue_timeout=queue_timeout, image_cache=image_cache, strict_device=strict_device)
 
 
-__all__ = ["load", "__version__", "MMEdgeError", "BundleError", "DeviceError", "ExportError",
+__all__ = ["load", "__version__", "MMEdgeError", "BundleError", "BusyError", "DeviceError", "ExportError",
            "ImageError", "PromptError", "UnsupportedModelError"]

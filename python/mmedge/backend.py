@@ -25,9 +25,10 @@ class Device:
     note: str               # one line for the user: what runs and why
 
 
-def resolve_device(requested: str = "auto") -> Device:
+def resolve_device(requested: str = "auto", strict: bool = False) -> Device:
     """Pick the execution provider. 'auto' takes CUDA when onnxruntime-gpu and a GPU are present,
-    else the CPU; 'cuda' falls back to the CPU with a message when CUDA is unavailable."""
+    else the CPU; 'cuda' falls back to the CPU with a message when CUDA is unavailable, or raises
+    DeviceError with `strict`."""
     if requested not in DEVICES:
         raise DeviceError(f"Unknown device '{requested}'. Choose one of: {', '.join(DEVICES)}.")
     available = ort.get_available_providers()
@@ -38,6 +39,10 @@ def resolve_device(requested: str = "auto") -> Device:
         return Device("cuda", ("CUDAExecutionProvider", "CPUExecutionProvider"),
                       "running on CUDA (ONNX Runtime CUDA EP)")
     if requested == "cuda":
+        if strict:
+            raise DeviceError("CUDA was requested but this onnxruntime has no CUDA provider. "
+                              "Install onnxruntime-gpu (in place of onnxruntime), or run with "
+                              "--device cpu / auto.")
         return Device("cpu", cpu.providers,
                       "CUDA was requested but this onnxruntime has no CUDA provider "
                       "(install onnxruntime-gpu); falling back to the CPU")

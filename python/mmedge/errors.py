@@ -32,5 +32,9 @@ class ExportError(MMEdgeError):
     """Export failed, including a parity check that found the ONNX graphs disagree with torch."""
 
 
+class BusyError(MMEdgeError):
+    """Every generation slot of a model is in use (see `parallel` in `mmedge.load`)."""
+
+
 class DeviceError(MMEdgeError):
     """A requested device or backend is not available."""

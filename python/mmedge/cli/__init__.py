@@ -43,19 +43,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         commands[args.command](args)
     except MMEdgeError as e:
-        print(f"\nerror: {e}" if _progress_bar_on_line() else f"error: {e}", file=sys.stderr)
+        _close_progress_bars()
+        print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("\ninterrupted", file=sys.stderr)
         return 130
     return 0
 
 
-def _progress_bar_on_line() -> bool:
-    """Whether a progress bar may have left the terminal's cursor mid-line (tqdm draws on stderr
-    with a carriage return and no newline), so an error must start on a fresh line."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return False
-    return bool(getattr(tqdm, "_instances", None)) and sys.stderr.isatty()
+def _close_progress_bars() -> None:
+    """Close the progress bars a failed command left open: tqdm draws a bar with a carriage return
+    and no newline, so an error printed after it would land on the bar's line; closing it ends
+    the line."""
+    tqdm = getattr(sys.modules.get("tqdm"), "tqdm", None)
+    for bar in list(getattr(tqdm, "_instances", ()) or ()):
+        try:
+            bar.close()
+        except Exception:  # a bar of a library in a bad state must not hide the error
+            pass

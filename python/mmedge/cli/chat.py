@@ -1,8 +1,9 @@
 """`mmedge chat`: a multi-turn conversation in the terminal, with images attachable.
 
 Commands typed at the prompt: `/image PATH` attaches an image to the next message, `/reset`
-forgets the conversation, `/quit` (or Ctrl-D) leaves. Each turn re-sends the whole conversation
-(all images included) to the model, so earlier images stay in context.
+forgets the conversation, `/quit` (or Ctrl-D) leaves. Each turn sends the whole conversation, but
+the model keeps the previous turn's KV cache and the images' features, so only the new message is
+prefilled; when the history outgrows the context the oldest turns are dropped, with a notice.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 from typing import Any
 
 from mmedge.errors import MMEdgeError
+from mmedge.generation.conversation import Conversation
 from mmedge.vision.image import load_image
 
 HELP = "commands: /image PATH (attach to next message), /reset, /quit"
@@ -27,8 +29,7 @@ examples:
 
 
 def chat_loop(model, system: str | None = None, **generation: Any) -> None:
-    messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
-    images: list[Any] = []
+    conversation = Conversation(system=system)
     pending: list[Any] = []
     print(f"mmedge chat: {HELP}", file=sys.stderr)
     while True:
@@ -42,12 +43,13 @@ def chat_loop(model, system: str | None = None, **generation: Any) -> None:
         if line in ("/quit", "/exit"):
             return
         if line == "/reset":
-            messages, images, pending = messages[:1] if system else [], [], []
+            conversation.reset()
+            pending = []
             print("(conversation cleared)", file=sys.stderr)
             continue
         if line.startswith("/image"):
             path = line[len("/image"):].strip()
-            if not getattr(model, "accepts_images", False):
+            if not model.accepts_images:
                 print("error: this bundle is text-only; it cannot take images.", file=sys.stderr)
                 continue
             try:
@@ -59,20 +61,22 @@ def chat_loop(model, system: str | None = None, **generation: Any) -> None:
         if line.startswith("/"):
             print(HELP, file=sys.stderr)
             continue
-        content: Any = ([{"type": "image"} for _ in pending] + [{"type": "text", "text": line}]
-                        if pending else line)
-        turn = messages + [{"role": "user", "content": content}]
-        print("assistant> ", end="", flush=True)
+        conversation.add_user(line, pending)
+        pending = []
         try:
+            dropped = conversation.fit(model, generation.get("max_new_tokens", 256))
+            if dropped:
+                print(f"(the conversation outgrew the model's context: dropped the oldest "
+                      f"{dropped} message(s))", file=sys.stderr)
+            print("assistant> ", end="", flush=True)
             reply = ""
-            for chunk in model.generate(messages=turn, images=images + pending, stream=True,
-                                        **generation):
+            for chunk in model.generate(messages=conversation.all_messages(),
+                                        images=conversation.all_images(), stream=True, **generation):
                 reply += chunk
                 print(chunk, end="", flush=True)
         except MMEdgeError as e:
             print(f"\nerror: {e}", file=sys.stderr)
+            conversation.pop()
             continue
         print()
-        messages = turn + [{"role": "assistant", "content": reply}]
-        images += pending
-        pending = []
+        conversation.add_assistant(reply)

@@ -37,6 +37,9 @@ def add_parser(sub: Any, name: str, help: str, epilog: str = EXAMPLES) -> argpar
 def add_device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where to run (default: auto = CUDA if available, else CPU)")
+    p.add_argument("--strict-device", action="store_true",
+                   help="fail (exit 2) instead of falling back to the CPU when --device cuda "
+                        "cannot be had")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
 
 
@@ -61,13 +64,24 @@ def generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def load_bundle(args: argparse.Namespace):
     """The bundle named by `args.bundle`, refused when it is the wrong kind for the command."""
-    import mmedge
-
-    model = mmedge.load(args.bundle, device=args.device, threads=args.threads)
+    model = load_any(args)
     wants_clip = args.command in CLIP_COMMANDS
     if wants_clip != (model.bundle.family == "clip"):
         need = "a CLIP/SigLIP bundle" if wants_clip else "a language or vision-language model"
         raise MMEdgeError(f"`mmedge {args.command}` needs {need}; {args.bundle} holds a "
                           f"'{model.bundle.family}' model.")
-    print(f"[mmedge] {model.device.note}", file=sys.stderr)
+    return model
+
+
+def load_any(args: argparse.Namespace):
+    """`mmedge.load` with the command's device options; says on stderr what runs, loudly when an
+    explicit --device cuda fell back to the CPU."""
+    import mmedge
+
+    model = mmedge.load(args.bundle, device=args.device, threads=args.threads,
+                        strict_device=args.strict_device)
+    if args.device == "cuda" and model.device.name != "cuda":
+        print(f"warning: {model.device.note} (pass --strict-device to fail instead)", file=sys.stderr)
+    else:
+        print(f"[mmedge] {model.device.note}", file=sys.stderr)
     return model

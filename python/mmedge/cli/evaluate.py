@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from mmedge.cli.common import add_device_args, add_parser
+from mmedge.cli.common import add_device_args, add_parser, load_any
 from mmedge.errors import MMEdgeError
 
 EVAL_EXAMPLES = """examples:
@@ -32,12 +31,10 @@ def register(sub) -> dict:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    import mmedge
     from mmedge.evaluation.quality import evaluate_bundle, format_figures
 
     if args.scenes < 1:
         raise MMEdgeError("--scenes must be at least 1.")
-    model = mmedge.load(args.bundle, device=args.device, threads=args.threads)
-    print(f"[mmedge] {model.device.note}", file=sys.stderr)
+    model = load_any(args)
     figures = evaluate_bundle(model, args.scenes, answers_path=args.answers)
     print(json.dumps(figures, indent=2) if args.json else format_figures(figures))

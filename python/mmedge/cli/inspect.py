@@ -46,8 +46,11 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    from mmedge.backend import resolve_device
     from mmedge.bundle import open_bundle
     from mmedge.evaluation.speed import bench_bundle, format_bench
+
+    resolve_device(args.device, strict=args.strict_device)   # fails here, before any timing
 
     if open_bundle(args.bundle, verify=False).family == "clip":
         raise MMEdgeError("`mmedge bench` measures generation; it does not cover CLIP/SigLIP "

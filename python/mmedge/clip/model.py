@@ -69,9 +69,9 @@ class ClipModel:
     """A loaded CLIP or SigLIP bundle. Create it with `mmedge.load`."""
 
     def __init__(self, bundle: Bundle, device: str = "auto", threads: int | None = None,
-                 cache_size: int = CACHE_SIZE):
+                 cache_size: int = CACHE_SIZE, strict_device: bool = False):
         self.bundle = bundle
-        self.device: Device = resolve_device(device)
+        self.device: Device = resolve_device(device, strict=strict_device)
         m = bundle.manifest
         try:
             clip, text = m["clip"], m["text"]

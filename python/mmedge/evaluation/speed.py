@@ -54,7 +54,7 @@ def bench_bundle(bundle: str, image: str | None = None, prompt: str | None = Non
     rows = []
     for i in range(runs + 1):  # the first run warms up caches and thread pools
         # always decode `new_tokens` tokens so runs (and engines) are comparable
-        model.generate(prompt, images, max_new_tokens=new_tokens, ignore_eos=True)
+        model.generate(prompt, images, max_new_tokens=new_tokens, ignore_eos=True, reuse=False)
         if i:
             rows.append(_row(model.last_stats))
     median = {k: statistics.median(r[k] for r in rows) for k in rows[0]}

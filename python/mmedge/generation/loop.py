@@ -1,11 +1,13 @@
 """The generation loop: prompt embeddings in, streamed text out.
 
-One sequence at a time: prefill the whole prompt in one decoder call, then one call per new token.
-Stops at an end-of-sequence token, a stop string, `max_new_tokens`, or the context length.
-Timings of each stage are recorded in `GenerationStats` (read by `mmedge bench`).
+One sequence per call, in a KV cache the call owns: prefill what the cache does not already hold
+of the prompt in one decoder call, then one call per new token. Stops at an end-of-sequence token,
+a stop string, `max_new_tokens`, or the context length. Timings of each stage are recorded in
+`GenerationStats` (read by `mmedge bench`).
 
-What lives elsewhere: building the prompt (mmedge.generation.model), the KV cache (mmedge.generation.decoder_session),
-sampling rules (mmedge.generation.sampling), detokenization (mmedge.text).
+What lives elsewhere: building the prompt (mmedge.generation.model), the KV cache
+(mmedge.generation.decoder_session), sampling rules (mmedge.generation.sampling),
+detokenization (mmedge.text).
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from mmedge.generation.decoder_session import Decoder
+from mmedge.generation.decoder_session import KVCache
 from mmedge.generation.sampling import Sampler
-from mmedge.text import StopStrings, StreamingDetokenizer, Tokenizer
+from mmedge.text import StopStrings, Tokenizer, streaming_detokenizer
 
 
 @dataclass
@@ -43,12 +45,15 @@ class GenerationStats:
     prefill_ms: float = 0.0         # embedding + first decoder call + first sampling
     decode_ms: float = 0.0          # every later decoder call and sampling
     ttft_ms: float = 0.0            # from the call to the first token (includes the stages above)
+    reused_tokens: int = 0          # leading prompt positions the KV cache already held (not prefilled)
+    cached_images: int = 0          # images whose features came from the image cache
     finish_reason: str = ""         # "stop", "length" or "context"
     token_ids: list[int] = field(default_factory=list)
 
     @property
     def prefill_tok_s(self) -> float:
-        return self.prompt_tokens / (self.prefill_ms / 1e3) if self.prefill_ms else 0.0
+        prefilled = self.prompt_tokens - self.reused_tokens
+        return prefilled / (self.prefill_ms / 1e3) if self.prefill_ms else 0.0
 
     @property
     def decode_tok_s(self) -> float:
@@ -62,26 +67,27 @@ def make_sampler(config: GenerationConfig) -> Sampler:
                    repetition_penalty=config.repetition_penalty, seed=config.seed)
 
 
-def generate_tokens(decoder: Decoder, embed: Callable[[np.ndarray], np.ndarray],
-                    prompt_ids: Sequence[int], prompt_embeds: np.ndarray,
+def generate_tokens(cache: KVCache, embed: Callable[[np.ndarray], np.ndarray],
+                    prompt_ids: Sequence[int], new_embeds: np.ndarray, new_keys: Sequence,
                     tokenizer: Tokenizer, config: GenerationConfig, sampler: Sampler,
                     context_length: int, stats: GenerationStats,
                     started: float) -> Iterator[str]:
-    """Yield text chunks as they are decoded. `prompt_embeds` [seq, hidden] already holds the
-    image features; `embed` maps new token ids [n] to embeddings [n, hidden]."""
+    """Yield text chunks as they are decoded. The cache already holds the prompt's first
+    `cache.length` positions; `new_embeds` [seq, hidden] (image features written in) and
+    `new_keys` are the rest of it. `embed` maps new token ids [n] to embeddings [n, hidden]."""
     room = context_length - len(prompt_ids)
     max_new = min(config.max_new_tokens, room)
-    detok = StreamingDetokenizer(tokenizer)
+    detok = streaming_detokenizer(tokenizer)
     stops = StopStrings(config.stop)
     eos = set() if config.ignore_eos else set(tokenizer.eos_token_ids)
     history = list(prompt_ids)
 
-    decoder.reset(len(prompt_ids) + max_new)
     stats.prompt_tokens = len(prompt_ids)
+    stats.reused_tokens = cache.length
     stats.finish_reason = "length" if max_new == config.max_new_tokens else "context"
     hit_stop_string = False
     t0 = t_decode = time.perf_counter()
-    logits = decoder.forward(prompt_embeds)
+    logits = cache.forward(new_embeds, new_keys)
     for step in range(max_new):
         token = sampler(logits, history)
         if step == 0:
@@ -101,9 +107,54 @@ def generate_tokens(decoder: Decoder, embed: Callable[[np.ndarray], np.ndarray],
             stats.finish_reason = "stop"
             break
         if step + 1 < max_new:
-            logits = decoder.forward(embed(np.array([token], dtype=np.int64)))
+            logits = cache.forward(embed(np.array([token], dtype=np.int64)), (token,))
     stats.decode_ms = (time.perf_counter() - t_decode) * 1e3
     if not hit_stop_string:
         tail = stops.flush(detok.flush())
         if tail:
             yield tail
+
+
+class Generation(Iterator[str]):
+    """One call's answer as it is generated: iterate for text chunks (what `generate(...,
+    stream=True)` returns). It owns the call's KV cache until it ends: exhausted, `close()`d,
+    left by a `with` block, or garbage-collected (an abandoned stream gives its cache back).
+    `stats` are this call's own figures."""
+
+    def __init__(self, chunks: Iterator[str], stats: GenerationStats, release: Callable[[], None]):
+        self._chunks, self.stats, self._release = chunks, stats, release
+
+    def __iter__(self) -> Generation:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._chunks)
+        except BaseException:
+            self.close()
+            raise
+
+    def text(self) -> str:
+        """The rest of the answer, joined."""
+        return "".join(self)
+
+    def close(self) -> None:
+        """Stop generating and give the KV cache back (kept warm for a prompt that continues it)."""
+        release, self._release = self._release, None
+        if release is not None:
+            try:
+                self._chunks.close()
+            finally:
+                release()
+
+    def __enter__(self) -> Generation:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # at interpreter exit the cache's modules may already be gone
+            pass

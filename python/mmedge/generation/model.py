@@ -1,50 +1,75 @@
 """`Model`: a (vision-)language bundle opened for generation, with or without images (what
 `mmedge.load` returns for every bundle but CLIP/SigLIP).
 
-Builds the prompt (chat template, one image placeholder per image expanded to the model's image
-token count), embeds the images' patches (mmedge.vision.inputs: the native patch-embedding kernel)
-and runs the vision graph on them, writes the image features into the embedding
-sequence at the image-token positions, and hands the result to the generation loop.
+Builds the prompt (chat template, message text kept as text, one image placeholder per image
+expanded to the model's image token count), turns each image into features (the native
+patch-embedding kernel, then the vision graph; features are cached by image content), writes them
+into the embedding sequence at the image-token positions, and hands the result to the generation
+loop in a KV cache of the call's own.
+
+Several generations never share state: each call takes a cache from the model's pool, at most
+`parallel` at once (a further call waits, or is refused with a `BusyError` when waiting could
+never end). A finished call leaves its cache warm, so the next turn of a conversation prefills
+only what is new (`last_stats.reused_tokens`).
 
 What lives elsewhere: bundle verification (mmedge.bundle), image decoding and preprocessing
-(mmedge.vision.image, mmedge.vision.preprocess), the decode loop (mmedge.generation.loop).
+(mmedge.vision), the KV caches (mmedge.generation.decoder_session), the decode loop
+(mmedge.generation.loop).
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Hashable, Sequence
 
 import numpy as np
+from PIL import Image
 
 from mmedge.backend import Device, open_session, resolve_device
 from mmedge.bundle import Bundle
-from mmedge.generation.decoder_session import Decoder
 from mmedge.errors import PromptError
-from mmedge.generation.loop import GenerationConfig, GenerationStats, generate_tokens, make_sampler
-from mmedge.text import ChatTemplate, Tokenizer
+from mmedge.generation.decoder_session import CachePool, DecoderSession
+from mmedge.generation.loop import (Generation, GenerationConfig, GenerationStats, generate_tokens,
+                                    make_sampler)
+from mmedge.text import ChatTemplate, StopStrings, Tokenizer
+from mmedge.text.conversation import encode_conversation
 
 Message = dict[str, Any]
+# One image, as `generate` accepts it besides a list of them.
+_ONE_IMAGE = (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray)
 
 
 class Model:
-    """A loaded bundle. Create it with `mmedge.load`."""
+    """A loaded bundle. Create it with `mmedge.load`.
 
-    def __init__(self, bundle: Bundle, device: str = "auto", threads: int | None = None):
+    `parallel`: how many generations may be in progress at once (each holds a KV cache of its
+    own; default 1). `queue_timeout`: how long a call waits for a free one (None: as long as it
+    takes). `image_cache`: how many images' features to keep for reuse (0: none).
+    """
+
+    def __init__(self, bundle: Bundle, device: str = "auto", threads: int | None = None, *,
+                 parallel: int = 1, queue_timeout: float | None = None, image_cache: int = 16,
+                 strict_device: bool = False):
+        from mmedge.vision.feature_cache import ImageFeatureCache
+
         self.bundle = bundle
-        self.device: Device = resolve_device(device)
+        self.device: Device = resolve_device(device, strict=strict_device)
         text = bundle.text
         self.tokenizer = Tokenizer(bundle.root / text["tokenizer_file"], text)
         self.chat_template = ChatTemplate(text.get("chat_template"), text.get("special_tokens", {}))
         self.context_length: int = text["context_length"]
         # A Gather: one thread, no spinning (see open_session).
         self._embed = open_session(bundle.path_of("embed"), self.device, 1, spinning=False)
-        self._decoder = Decoder(open_session(bundle.path_of("decoder"), self.device, threads),
-                                bundle.manifest["decoder"], self.device,
-                                target=bundle.components["decoder"].get("target", "cpu"))
+        self._decoder = DecoderSession(open_session(bundle.path_of("decoder"), self.device, threads),
+                                       bundle.manifest["decoder"], self.device,
+                                       target=bundle.components["decoder"].get("target", "cpu"))
+        self.caches = CachePool(self._decoder, parallel=parallel, timeout=queue_timeout)
         self.image_spec = bundle.image
         self._vision = None
         self._vision_input = None
+        self.image_features = ImageFeatureCache(max_images=image_cache)
         if self.image_spec is not None:
             from mmedge.vision.inputs import VisionInput
 
@@ -53,6 +78,7 @@ class Model:
             self._vision_input = VisionInput(bundle.root, bundle.manifest,
                                              self._vision.get_inputs()[0].name, threads=threads)
         self.last_stats = GenerationStats()
+        self._stats_lock = threading.Lock()
 
     # -- properties a caller may want ---------------------------------------------------------
     @property
@@ -104,16 +130,16 @@ class Model:
         messages = [{"role": "system", "content": system}] if system else []
         return messages + [{"role": "user", "content": content}]
 
-    def prompt_ids(self, messages: list[Message], n_images: int) -> list[int]:
-        """Render the chat template, tokenize, and expand each image placeholder to the model's
-        image-token count. Raises PromptError on a mismatch between placeholders and images."""
+    def prompt_ids(self, messages: list[Message], n_images: int, *,
+                   control_tokens_in_text: bool = False) -> list[int]:
+        """Render the chat template, tokenize (message text stays text: see
+        mmedge.text.conversation), and expand each image placeholder to the model's image-token
+        count. Raises PromptError on a mismatch between placeholders and images."""
         if n_images and self.image_spec is None:
             raise PromptError("This bundle is text-only; it cannot take images. Drop the images, "
                               "or export a vision-language model.")
-        text = self.chat_template.render(messages, add_generation_prompt=True)
-        if not text.strip():
-            raise PromptError("The prompt is empty. Say what you want the model to do.")
-        ids = self.tokenizer.encode(text, add_special_tokens=not self.chat_template.available)
+        ids = encode_conversation(self.chat_template, self.tokenizer, messages,
+                                  control_tokens_in_text=control_tokens_in_text)
         if self.image_spec is None:
             return ids
         image_id = self.image_spec["image_token_id"]
@@ -128,8 +154,13 @@ class Model:
             expanded.extend([image_id] * n if i == image_id else [i])
         return expanded
 
-    def prompt_embeddings(self, ids: list[int], features: np.ndarray | None) -> np.ndarray:
-        """Token embeddings of `ids` with image features written into the image-token slots."""
+    def count_tokens(self, messages: list[Message], images: Sequence[Any] = ()) -> int:
+        """How many positions of the context a conversation takes (images included)."""
+        return len(self.prompt_ids(messages, len(_image_list(images))))
+
+    def prompt_embeddings(self, ids: Sequence[int], features: np.ndarray | None) -> np.ndarray:
+        """Token embeddings of `ids` with image features [slots, hidden] written, in order, into
+        the image-token slots."""
         embeds = self.embed_tokens(np.asarray(ids, dtype=np.int64))
         if features is not None and len(features):
             slots = np.flatnonzero(np.asarray(ids) == self.image_spec["image_token_id"])
@@ -137,60 +168,157 @@ class Model:
         return embeds
 
     def prompt_logits(self, ids: list[int], images: Sequence[Any] = ()) -> np.ndarray:
-        """Logits [vocab] at the last position of a prompt (used by export's parity check)."""
+        """Logits [vocab] at the last position of a prompt, prefilled from scratch (used by
+        export's parity check)."""
         features = self.encode_images(images) if images else None
-        self._decoder.reset(len(ids))
-        return self._decoder.forward(self.prompt_embeddings(ids, features))
+        cache = self._decoder.new_cache(len(ids))
+        return cache.forward(self.prompt_embeddings(ids, features), ids)
 
     # -- the API ---------------------------------------------------------------------------------
-    def generate(self, prompt: str | None = None, images: Sequence[Any] | None = None, *,
+    def generate(self, prompt: str | None = None, images: Sequence[Any] | Any | None = None, *,
                  messages: list[Message] | None = None, system: str | None = None,
                  stream: bool = False, max_new_tokens: int = 256, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
-                 seed: int | None = None, stop: Sequence[str] = (),
-                 ignore_eos: bool = False) -> str | Iterator[str]:
-        """Answer a prompt (or a whole conversation given as `messages`), optionally about images.
+                 seed: int | None = None, stop: Sequence[str] = (), ignore_eos: bool = False,
+                 reuse: bool = True, control_tokens_in_text: bool = False) -> str | Generation:
+        """Answer a prompt (or a whole conversation given as `messages`), optionally about images
+        (one image, or a list: paths, bytes, PIL images or HxWxC arrays).
 
         Greedy by default; set `temperature` (> 0) with `top_k`, `top_p`, `seed` to sample.
-        With `stream=True` returns an iterator of text chunks; otherwise the whole answer.
-        Stage timings of the last call are in `model.last_stats`.
+        With `stream=True` returns a `Generation`, an iterator of text chunks (close it, or let
+        it go, to stop early); otherwise the whole answer. `reuse=False` prefills the whole prompt
+        and encodes every image afresh (benchmarks). Text in messages is always text; pass
+        `control_tokens_in_text=True` only for prompts whose control tokens are meant as such.
+        Stage timings of the call are in `model.last_stats` (and a stream's own `stats`).
         """
-        images = list(images or [])
+        images = _image_list(images)
         if messages is None:
-            if prompt is None or not prompt.strip():
+            if not isinstance(prompt, str):
+                raise PromptError(f"The prompt must be a string, not {type(prompt).__name__}"
+                                  + (" (pass a conversation as messages=[...])"
+                                     if isinstance(prompt, (list, tuple)) else "") + ".")
+            if not prompt.strip():
                 raise PromptError("The prompt is empty. Say what you want the model to do, e.g. "
                                   "--prompt \"Describe this image.\"")
+            if system is not None and not isinstance(system, str):
+                raise PromptError(f"The system prompt must be a string, not {type(system).__name__}.")
             messages = self.build_messages(prompt, len(images), system)
-        if max_new_tokens < 1:
-            raise PromptError(f"max_new_tokens must be at least 1, not {max_new_tokens}.")
-        config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature,
+        elif prompt is not None:
+            raise PromptError("Give a prompt or messages, not both.")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
+                or max_new_tokens < 1:
+            raise PromptError(f"max_new_tokens must be a whole number of at least 1, not {max_new_tokens!r}.")
+        if isinstance(stop, str):
+            stop = (stop,)
+        config = GenerationConfig(max_new_tokens=int(max_new_tokens), temperature=temperature,
                                   top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
                                   seed=seed, stop=tuple(stop), ignore_eos=ignore_eos)
-        chunks = self._run(messages, images, config)
+        generation = self._start(messages, images, config, reuse, control_tokens_in_text)
         if stream:
-            return chunks
-        return "".join(chunks)
+            return generation
+        with generation:
+            return generation.text()
 
-    def _run(self, messages: list[Message], images: list[Any],
-             config: GenerationConfig) -> Iterator[str]:
-        # Everything up to the first yield runs when the caller starts iterating; validate eagerly
-        # so that errors surface at the call, not at the first `next()`.
+    def _start(self, messages: list[Message], images: list[Any], config: GenerationConfig,
+               reuse: bool, control_tokens_in_text: bool) -> Generation:
+        """Everything before the first token, done at the call (so errors surface there): the
+        prompt, a KV cache, the images' features and the prompt embeddings it does not hold."""
         sampler = make_sampler(config)
-        stats = self.last_stats = GenerationStats()
+        StopStrings(config.stop)  # refuses bad stop strings here rather than at the first token
+        stats = GenerationStats()
+        with self._stats_lock:
+            self.last_stats = stats
         started = time.perf_counter()
-        ids = self.prompt_ids(messages, len(images))
+        ids = self.prompt_ids(messages, len(images), control_tokens_in_text=control_tokens_in_text)
         if len(ids) >= self.context_length:
             raise PromptError(f"The prompt is {len(ids)} tokens but the model's context holds "
                               f"{self.context_length}; shorten the prompt or use fewer images.")
-        features = None
-        if images:
-            t = time.perf_counter()
-            feed = self._vision_input(images)       # preprocessing and patch embedding, fused
-            stats.preprocess_ms = (time.perf_counter() - t) * 1e3
-            t = time.perf_counter()
-            features = self._vision.run(None, feed)[0]
-            stats.encode_ms = (time.perf_counter() - t) * 1e3
-            stats.image_tokens = int(features.shape[0] * features.shape[1])
-        embeds = self.prompt_embeddings(ids, features)
-        return generate_tokens(self._decoder, self.embed_tokens, ids, embeds, self.tokenizer,
-                               config, sampler, self.context_length, stats, started)
+        loaded, image_keys = self._load_images(images)
+        keys = self._position_keys(ids, image_keys)
+        room = min(config.max_new_tokens, self.context_length - len(ids))
+        cache, reused = self.caches.acquire(keys, len(ids) + room, reuse=reuse)
+        try:
+            features = self._features_from(reused, ids, loaded, image_keys, stats, reuse)
+            embeds = self.prompt_embeddings(ids[reused:], features)
+        except BaseException:
+            cache.truncate(0)
+            self.caches.release(cache)
+            raise
+        chunks = generate_tokens(cache, self.embed_tokens, ids, embeds, keys[reused:], self.tokenizer,
+                                 config, sampler, self.context_length, stats, started)
+        return Generation(chunks, stats, lambda: self.caches.release(cache))
+
+    def _load_images(self, images: list[Any]) -> tuple[list[Image.Image], list[str]]:
+        if not images:
+            return [], []
+        from mmedge.vision.feature_cache import image_key
+        from mmedge.vision.image import load_image
+
+        self._require_vision()
+        loaded = [load_image(image, max_pixels=self._vision_input.preprocessor.max_pixels)
+                  for image in images]
+        return loaded, [image_key(image) for image in loaded]
+
+    def _position_keys(self, ids: list[int], image_keys: list[str]) -> list[Hashable]:
+        """What each prompt position holds: its token id, or (image hash, feature index)."""
+        if not image_keys:
+            return list(ids)
+        image_id, n = self.image_spec["image_token_id"], self.image_spec["num_image_tokens"]
+        keys: list[Hashable] = []
+        slot = 0
+        for i in ids:
+            if i == image_id:
+                keys.append((image_keys[slot // n], slot % n))
+                slot += 1
+            else:
+                keys.append(i)
+        return keys
+
+    def _features_from(self, start: int, ids: list[int], images: list[Image.Image],
+                       image_keys: list[str], stats: GenerationStats, reuse: bool) -> np.ndarray | None:
+        """Features [slots, hidden] for the image slots at positions >= `start` (an image the
+        cache holds entirely is not encoded again), from the feature cache where it has them."""
+        if not images:
+            return None
+        n = self.image_spec["num_image_tokens"]
+        slots = np.flatnonzero(np.asarray(ids) == self.image_spec["image_token_id"])
+        first_needed = int(np.searchsorted(slots, start))   # slot index of the first slot >= start
+        parts = []
+        for index in range(first_needed // n, len(images)):
+            features = self.image_features.get(image_keys[index]) if reuse else None
+            if features is None:
+                features = self._encode_one(images[index], stats)
+                self.image_features.put(image_keys[index], features)
+            else:
+                stats.cached_images += 1
+            parts.append(features)
+        stats.image_tokens = len(slots)
+        if not parts:       # every image lies in the reused prefix
+            return None
+        return np.concatenate(parts)[first_needed - (first_needed // n) * n:]
+
+    def _encode_one(self, image: Image.Image, stats: GenerationStats) -> np.ndarray:
+        # One image per run: its features do not depend on which other images share the batch,
+        # so a cached image's features equal those of a fresh encode.
+        t = time.perf_counter()
+        feed = self._vision_input([image])          # preprocessing and patch embedding, fused
+        stats.preprocess_ms += (time.perf_counter() - t) * 1e3
+        t = time.perf_counter()
+        features = self._vision.run(None, feed)[0][0]
+        stats.encode_ms += (time.perf_counter() - t) * 1e3
+        return features
+
+
+def _image_list(images: Sequence[Any] | Any | None) -> list[Any]:
+    """`images` as a list: None, one image, or a list/tuple of them."""
+    if images is None:
+        return []
+    if isinstance(images, _ONE_IMAGE):
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            raise PromptError("images is a 4-D array; pass a list of HxWxC frames (one image "
+                              "per item), or one HxWxC frame.")
+        return [images]
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    raise PromptError(f"images must be an image (a path, bytes, a PIL image or an HxWxC array) or "
+                      f"a list of them, not {type(images).__name__}.")
