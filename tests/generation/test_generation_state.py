@@ -34,7 +34,19 @@ def bundle(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def int4_bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("state4")
+    folder = build_tiny_llava(root / "hf", vision="clip", text="llama", seed=3)
+    export_model(str(folder), root / "bundle", precision="int4", progress=False, parity=False)
+    return root / "bundle"
+
+
+@pytest.fixture(scope="module")
 def alone(bundle):
+    return _alone(bundle)
+
+
+def _alone(bundle):
     """token ids of a request run alone, from scratch."""
     model = mmedge.load(bundle)
     memo = {}
@@ -149,7 +161,12 @@ def test_parallel_must_be_positive(bundle):
 
 # -- multi-turn -----------------------------------------------------------------------------------
 
-def test_the_next_turn_prefills_only_what_is_new(bundle, alone):
+@pytest.mark.parametrize("precision", ["fp32", "int4"])
+def test_the_next_turn_prefills_only_what_is_new(precision, request):
+    # int4: MatMulNBits computes one row differently from several, which is why decode-step
+    # positions are never reused (decoder_session.DECODED); the answers must still be identical.
+    bundle = request.getfixturevalue("bundle" if precision == "fp32" else "int4_bundle")
+    alone = _alone(bundle)
     model = mmedge.load(bundle)
     image = _frame(2)
     turn1 = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]
@@ -162,8 +179,9 @@ def test_the_next_turn_prefills_only_what_is_new(bundle, alone):
                      {"role": "user", "content": "And what colour?"}]
     model.generate(messages=turn2, images=[image], max_new_tokens=NEW, ignore_eos=True)
     second = model.last_stats
-    # The whole first turn (image included) came from the cache: only the new text was prefilled.
-    assert second.reused_tokens >= first.prompt_tokens
+    # The first turn's prompt (image included) came from the cache; its answer and the new
+    # question were prefilled.
+    assert second.reused_tokens == first.prompt_tokens
     assert second.encode_ms == 0
     assert second.token_ids == alone(messages=turn2, images=[image])
 
@@ -227,3 +245,31 @@ def test_history_beyond_the_context_drops_the_oldest_turns(bundle):
     conversation.add_user(" ".join(["word"] * model.context_length))
     with pytest.raises(PromptError, match="too long for the model's context"):
         conversation.fit(model, max_new_tokens=8)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int4"])
+def test_a_warm_prefix_gives_the_logits_of_a_full_prefill_exactly(precision, request):
+    """Bit for bit, not only the same argmax: a conversation's next turn continues a cache that
+    one-token decode steps wrote, and MatMulNBits computes one row differently from several."""
+    bundle = request.getfixturevalue("bundle" if precision == "fp32" else "int4_bundle")
+    model = mmedge.load(bundle)
+    turn1 = [{"role": "user", "content": "Tell me about the sea."}]
+    answer = model.generate(messages=turn1, max_new_tokens=NEW, ignore_eos=True)
+    for follow_up in ("And the sky?", "x"):
+        turn2 = turn1 + [{"role": "assistant", "content": answer}, {"role": "user", "content": follow_up}]
+        ids = model.prompt_ids(turn2, 0)
+        cache, reused = model.caches.acquire(ids, len(ids) + 1)
+        try:
+            assert 0 < reused <= len(ids) - 2
+            warm = cache.forward(model.prompt_embeddings(ids[reused:], None), ids[reused:])
+        finally:
+            model.caches.release(cache)
+        assert np.array_equal(warm, model.prompt_logits(ids)), follow_up
+    # The same prompt again: everything but the last two positions comes from the cache.
+    cache, reused = model.caches.acquire(ids, len(ids) + 1)
+    try:
+        assert reused == len(ids) - 2
+        warm = cache.forward(model.prompt_embeddings(ids[reused:], None), ids[reused:])
+    finally:
+        model.caches.release(cache)
+    assert np.array_equal(warm, model.prompt_logits(ids))

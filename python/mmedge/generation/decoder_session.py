@@ -34,6 +34,17 @@ _ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 # Caches grow in steps of this many positions, so a conversation's turns reuse one allocation.
 _GROWTH = 256
 
+# What a reused prefix may hold, so that reuse is exact: ONNX Runtime's MatMulNBits (int8/int4)
+# takes another kernel for a single row than for several, and a one-token step's keys and values
+# differ from a prefill's (measured on SmolLM2 int4: last-position logits 0.7 apart when the last
+# token is fed alone, 0.85 when ten positions came from one-token steps; bit-identical for every
+# chunk of 2 or more rows; fp32: 3e-5 and 0). So positions written by decode steps are keyed
+# apart (a prompt never matches them: the answer is prefilled again as part of the next turn),
+# and a reuse always feeds at least MIN_FEED positions. Then a warm prefix gives exactly the
+# logits a full prefill gives, at every precision.
+DECODED = "decoded"
+MIN_FEED = 2
+
 
 class DecoderSession:
     """The decoder graph and what it needs to know about its inputs; holds no sequence state."""
@@ -70,9 +81,9 @@ class DecoderSession:
 class KVCache:
     """One sequence's keys and values, its position, and the keys of the tokens it holds.
 
-    `keys[i]` identifies what was fed at position i (a token id, or an image's content hash and
-    the index of its feature for image positions), so a later prompt can tell how much of the
-    cache it shares (`common_prefix`).
+    `keys[i]` identifies what was fed at position i (a token id, an image's content hash and
+    the index of its feature for image positions, or (DECODED, id) for a decode step), so a later
+    prompt can tell how much of the cache it shares (`common_prefix`).
     """
 
     def __init__(self, decoder: DecoderSession, capacity: int):
@@ -171,7 +182,7 @@ class CachePool:
 
     def acquire(self, keys: Sequence[Hashable], capacity: int, reuse: bool = True) -> tuple[KVCache, int]:
         """A cache with room for `capacity` positions and how many leading `keys` it already holds
-        (always fewer than len(keys): the last prompt position is fed again for its logits)."""
+        (at most len(keys) - MIN_FEED: the last positions are fed again for the logits)."""
         me = threading.get_ident()
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         with self._condition:
@@ -196,7 +207,7 @@ class CachePool:
                 cache = self.decoder.new_cache(-(-capacity // _GROWTH) * _GROWTH)
             self._owners[id(cache)] = me
         try:
-            cache.truncate(min(cache.common_prefix(keys), len(keys) - 1) if reuse else 0)
+            cache.truncate(max(0, min(cache.common_prefix(keys), len(keys) - MIN_FEED)) if reuse else 0)
             cache.reserve(capacity)
         except BaseException:
             self.release(cache)

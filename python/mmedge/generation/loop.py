@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from mmedge.generation.decoder_session import KVCache
+from mmedge.generation.decoder_session import DECODED, KVCache
 from mmedge.generation.sampling import Sampler
 from mmedge.text import StopStrings, Tokenizer, streaming_detokenizer
 
@@ -107,7 +107,8 @@ def generate_tokens(cache: KVCache, embed: Callable[[np.ndarray], np.ndarray],
             stats.finish_reason = "stop"
             break
         if step + 1 < max_new:
-            logits = cache.forward(embed(np.array([token], dtype=np.int64)), (token,))
+            # Keyed apart from prompt positions: see decoder_session.DECODED.
+            logits = cache.forward(embed(np.array([token], dtype=np.int64)), ((DECODED, token),))
     stats.decode_ms = (time.perf_counter() - t_decode) * 1e3
     if not hit_stop_string:
         tail = stops.flush(detok.flush())
