@@ -13,7 +13,8 @@ from mmedge.cli.common import add_device_args, add_parser, load_bundle
 from mmedge.errors import MMEdgeError
 
 CLIP_EXAMPLES = """examples:
-  mmedge classify clip/ photo.jpg --labels "door,staircase,wall"
+  mmedge classify clip/ photo.jpg --labels "door,staircase,wall"      # a real CLIP
+  mmedge classify tiny-clip/ scene.png --labels "circle,square,triangle"   # mmedge-tiny-clip: scene words
   mmedge classify clip/ photo.jpg --labels "cat,dog" --template "a photo of a {}." \\
       --template "a blurry photo of a {}." --json
   mmedge embed clip/ photos/ extra.jpg -o photos.npy   # folders are searched recursively
