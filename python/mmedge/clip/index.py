@@ -226,7 +226,7 @@ class ImageIndex:
         if isinstance(query, str):
             if not query.strip():
                 raise MMEdgeError("The search text is empty.")
-            vector = self.model.embed_texts([query], warn_unknown=True)[0]   # a query of unknown words finds nothing
+            vector = self.model.embed_texts([query], warn_unknown=True)[0]   # unknown words: warns
         else:
             vector = self.model.embed_images([query])[0]
         rows = self._db.execute("SELECT path, embedding FROM images").fetchall()
