@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import warnings
+from collections.abc import Iterator
 
 from mmedge.cli.common import add_device_args, add_parser, load_bundle
 from mmedge.errors import MMEdgeError
 
 CLIP_EXAMPLES = """examples:
-  mmedge classify clip/ photo.jpg --labels "door,staircase,wall"
+  mmedge classify clip/ photo.jpg --labels "door,staircase,wall"      # a real CLIP
+  mmedge classify tiny-clip/ scene.png --labels "circle,square,triangle"   # mmedge-tiny-clip: scene words
   mmedge classify clip/ photo.jpg --labels "cat,dog" --template "a photo of a {}." \\
       --template "a blurry photo of a {}." --json
   mmedge embed clip/ photos/ extra.jpg -o photos.npy   # folders are searched recursively
@@ -63,10 +67,29 @@ def register(sub) -> dict:
     return {"classify": cmd_classify, "embed": cmd_embed, "index": cmd_index, "search": cmd_search}
 
 
+@contextlib.contextmanager
+def unknown_words_to_stderr() -> Iterator[None]:
+    """Print the model's UnknownWordsWarning (a label or query mostly made of words the tokenizer
+    does not know) as one "warning: ..." line on stderr; other warnings go their usual way."""
+    from mmedge.clip.model import UnknownWordsWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UnknownWordsWarning)
+        try:
+            yield
+        finally:
+            for w in caught:
+                if issubclass(w.category, UnknownWordsWarning):
+                    print(f"warning: {w.message}", file=sys.stderr)
+                else:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
 def cmd_classify(args: argparse.Namespace) -> None:
     labels = [label.strip() for label in args.labels.split(",")]
     model = load_bundle(args)
-    ranked = model.classify(args.image, labels, templates=args.template or ("a photo of a {}.",))
+    with unknown_words_to_stderr():
+        ranked = model.classify(args.image, labels, templates=args.template or ("a photo of a {}.",))
     if args.json:
         print(json.dumps([{"label": label, "probability": prob} for label, prob in ranked], indent=2))
         return
@@ -152,7 +175,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     if args.show and Path(args.show).suffix.lower() != ".png":
         raise MMEdgeError(f"--show {args.show}: the contact sheet is a PNG; name it *.png.")
     query = args.query if args.image is None else Path(args.image)
-    with ImageIndex(args.db, load_bundle(args)) as index:
+    with ImageIndex(args.db, load_bundle(args)) as index, unknown_words_to_stderr():
         hits = index.search(query, k=args.k)
     if args.show:
         from mmedge.clip.contact_sheet import write_contact_sheet

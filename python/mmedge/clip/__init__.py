@@ -5,6 +5,6 @@
 - contact_sheet.py  a PNG of a search's query and hits.
 """
 
-from mmedge.clip.model import ClipModel
+from mmedge.clip.model import ClipModel, UnknownWordsWarning
 
-__all__ = ["ClipModel"]
+__all__ = ["ClipModel", "UnknownWordsWarning"]

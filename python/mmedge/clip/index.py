@@ -219,13 +219,14 @@ class ImageIndex:
     # -- searching --------------------------------------------------------------------------------
     def search(self, query: Any, k: int = 10) -> list[tuple[str, float]]:
         """The `k` indexed images most similar to `query` (a text, or an image: PIL image, array,
-        or a path given as pathlib.Path), as [(path, cosine)], best first. Exact cosine search."""
+        or a path given as pathlib.Path), as [(path, cosine)], best first. Exact cosine search.
+        Warns (UnknownWordsWarning) when the text is mostly words the tokenizer does not know."""
         if k < 1:
             raise MMEdgeError(f"k must be at least 1, got {k}.")
         if isinstance(query, str):
             if not query.strip():
                 raise MMEdgeError("The search text is empty.")
-            vector = self.model.embed_texts([query])[0]
+            vector = self.model.embed_texts([query], warn_unknown=True)[0]   # unknown words: warns
         else:
             vector = self.model.embed_images([query])[0]
         rows = self._db.execute("SELECT path, embedding FROM images").fetchall()

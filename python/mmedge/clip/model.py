@@ -8,6 +8,15 @@
     model.embed_texts(["a door", "a staircase"])    # float32 [2, dim], L2-normalized
     model.classify("a.jpg", ["door", "staircase", "wall"])   # [(label, prob), ...] best first
 
+A label or text most of whose words the tokenizer does not know (maps to its unknown token, as the
+word-level tokenizer of mmedge-tiny-clip does with every word outside its scene vocabulary) gives
+an embedding that says nothing about it: `classify` and `label_embeddings` (the labels) and
+`ImageIndex.search` (the query) then warn with `UnknownWordsWarning` (a warning rather than a
+changed return value: the results keep their type, the caller sees it at its own line, and
+`warnings.filterwarnings` silences it or makes it an error). `embed_texts` embeds any text as it is
+(the exporter's parity check embeds fixed sentences with it) and warns only with
+`warn_unknown=True`. Byte-level BPE tokenizers (real CLIP's) have no unknown words and never warn.
+
 Scores are `logit_scale * cos + logit_bias`; CLIP turns them into probabilities with a softmax over
 the labels, SigLIP with a sigmoid per label (its probabilities need not sum to 1). Image
 embeddings are cached in memory by the sha256 of the image's file bytes (paths, bytes) or pixels
@@ -20,7 +29,10 @@ the export.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import sys
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,10 +48,40 @@ from mmedge.errors import BundleError, ImageError, PromptError
 from mmedge.vision.image import ImageLike
 from mmedge.vision.inputs import VisionInput
 
-__all__ = ["ClipModel", "DEFAULT_TEMPLATES"]
+__all__ = ["ClipModel", "DEFAULT_TEMPLATES", "UnknownWordsWarning"]
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 CACHE_SIZE = 10_000  # image embeddings kept in memory (a 512-dim embedding is 2 KB)
+
+
+class UnknownWordsWarning(UserWarning):
+    """A label or text is mostly words the bundle's tokenizer does not know: more than half of its
+    word tokens (tokens covering a letter or digit) are the tokenizer's unknown token, so its
+    embedding, and any score computed from it, carries (almost) nothing of what it says."""
+
+
+def unknown_token(backend: tokenizers.Tokenizer) -> tuple[str, int] | None:
+    """The tokenizer's unknown token and its id, read from its model (WordLevel, WordPiece and BPE
+    name it, Unigram gives its id); None when it has none."""
+    model = json.loads(backend.to_str()).get("model", {})
+    token = model.get("unk_token")
+    if token is not None:
+        token_id = backend.token_to_id(token)
+        return None if token_id is None else (token, token_id)
+    if model.get("unk_id") is not None:
+        token_id = int(model["unk_id"])
+        return backend.id_to_token(token_id), token_id
+    return None
+
+
+def _caller_stacklevel() -> int:
+    """warnings.warn's stacklevel that names the first caller outside mmedge.clip (the user's
+    line, or the CLI's), called from the function that warns."""
+    here = str(Path(__file__).resolve().parent)
+    frame, level = sys._getframe(2), 2
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve().parent) == here:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def image_key(image: ImageLike) -> str | None:
@@ -100,6 +142,7 @@ class ClipModel:
         backend.enable_truncation(self.max_length)
         backend.no_padding()
         self._tokenizer = backend
+        self._unknown = unknown_token(backend)
         self._image = open_session(bundle.path_of("image"), self.device, threads)
         self._vision_input = VisionInput(bundle.root, m, self._image.get_inputs()[0].name, threads=threads)
         self._text = open_session(bundle.path_of("text"), self.device, threads)
@@ -146,6 +189,39 @@ class ClipModel:
             ids[i, :len(row)] = row
         return ids
 
+    def unknown_words(self, text: str) -> tuple[list[str], int]:
+        """(the words of `text` that the tokenizer turns into its unknown token, how many word
+        tokens `text` has). Word tokens cover a letter or digit: punctuation is not judged, nor is
+        the unknown token typed literally (real CLIP's unk is its "<|endoftext|>"). Tokenizers
+        without an unknown token give ([], n)."""
+        encoding = self._tokenizer.encode(text, add_special_tokens=False)
+        token, token_id = self._unknown or (None, None)
+        spans = [text[start:end] for start, end in encoding.offsets]
+        words = [(i, span) for i, span in zip(encoding.ids, spans)
+                 if span != token and any(c.isalnum() for c in span)]
+        return [span for i, span in words if i == token_id], len(words)
+
+    def mostly_unknown(self, text: str) -> list[str] | None:
+        """The unknown words of `text` when they are more than half of its word tokens, else None."""
+        unknown, n_words = self.unknown_words(text)
+        return unknown if 2 * len(unknown) > n_words else None
+
+    def _warn_unknown(self, texts: Sequence[str], what: str) -> None:
+        """One UnknownWordsWarning naming every text in `texts` that is mostly unknown words."""
+        found = [(t, u) for t in texts if (u := self.mostly_unknown(t)) is not None]
+        if not found:
+            return
+        token = self._unknown[0] if self._unknown else "?"
+        listed = "; ".join(repr(t) if u == [t.strip()] else f"{t!r} ({', '.join(dict.fromkeys(u))})"
+                           for t, u in found[:10])
+        more = f"; and {len(found) - 10} more" if len(found) > 10 else ""
+        warnings.warn(
+            f"Mostly unknown words in {len(found)} of {len(texts)} {what}s: {listed}{more}. This "
+            f"bundle's tokenizer reads those words as {token!r} (it knows "
+            f"{self._tokenizer.get_vocab_size()} tokens), so their embeddings and scores say "
+            f"little; use words the model was trained on.",
+            UnknownWordsWarning, stacklevel=_caller_stacklevel())
+
     def probabilities(self, cosines: np.ndarray) -> np.ndarray:
         """Cosine similarities [..., labels] -> probabilities: softmax over the last axis (CLIP)
         or a sigmoid per entry (SigLIP) of `logit_scale * cos + logit_bias`."""
@@ -186,9 +262,13 @@ class ClipModel:
                 self._cache.popitem(last=False)
         return out
 
-    def embed_texts(self, texts: Sequence[str] | str, batch_size: int = 64) -> np.ndarray:
-        """Texts -> float32 [n, dim], L2-normalized."""
+    def embed_texts(self, texts: Sequence[str] | str, batch_size: int = 64,
+                    warn_unknown: bool = False) -> np.ndarray:
+        """Texts -> float32 [n, dim], L2-normalized. With `warn_unknown`, warns
+        (UnknownWordsWarning) about texts that are mostly words the tokenizer does not know."""
         texts = _check_texts(texts)
+        if warn_unknown:
+            self._warn_unknown(texts, "text")
         parts = [self._text.run(None, {"input_ids": self.tokenize(texts[start:start + batch_size])})[0]
                  for start in range(0, len(texts), batch_size)]
         return np.concatenate(parts).astype(np.float32, copy=False)
@@ -196,15 +276,19 @@ class ClipModel:
     def label_embeddings(self, labels: Sequence[str],
                          templates: Sequence[str] = DEFAULT_TEMPLATES) -> np.ndarray:
         """One embedding per label, [labels, dim]: every template filled with the label, embedded,
-        averaged and renormalized (CLIP's zero-shot recipe)."""
+        averaged and renormalized (CLIP's zero-shot recipe). Warns (UnknownWordsWarning) about
+        labels that are mostly words the tokenizer does not know (the labels are judged, not the
+        filled templates: a template's own words would hide an unknown label)."""
         labels, templates = _check_labels(labels), _check_templates(templates)
+        self._warn_unknown(labels, "label")
         texts = [t.format(label) for label in labels for t in templates]
         embeds = self.embed_texts(texts).reshape(len(labels), len(templates), -1).mean(axis=1)
         return embeds / np.linalg.norm(embeds, axis=-1, keepdims=True)
 
     def classify(self, image: ImageLike, labels: Sequence[str],
                  templates: Sequence[str] = DEFAULT_TEMPLATES) -> list[tuple[str, float]]:
-        """Zero-shot classification of one image: [(label, probability), ...], most likely first."""
+        """Zero-shot classification of one image: [(label, probability), ...], most likely first.
+        Warns (UnknownWordsWarning) about labels the tokenizer mostly does not know."""
         label_embeds = self.label_embeddings(labels, templates)
         probs = self.probabilities(self.embed_images([image])[0] @ label_embeds.T)
         order = sorted(range(len(probs)), key=lambda i: (-probs[i], i))
