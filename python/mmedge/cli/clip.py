@@ -117,7 +117,8 @@ def cmd_embed(args: argparse.Namespace) -> None:
     files, skipped = [str(f) for f in found], [str(f) for f in not_images]
     model = load_bundle(args)
     if args.text:
-        embeds, rows = model.embed_texts(args.text), list(args.text)
+        with unknown_words_to_stderr():
+            embeds, rows = model.embed_texts(args.text, warn_unknown=True), list(args.text)
     else:
         parts, rows = [], []
         with progress_bar(True, len(files), "embed") as bar:   # only on a terminal
