@@ -3,7 +3,8 @@
 Real exports of a tiny seeded Llama (mmedge.models.tiny, fp32, parity skipped where it is not the
 point: a few seconds each) into real folders: `--overwrite` replaces only a bundle mmedge wrote and
 refuses any other folder without touching it; a failed export leaves the old bundle as it was; `-o`
-naming a file is a clear error, not a traceback; the bundle's files and folders follow the umask.
+naming a file and a model path that does not exist are clear errors, not tracebacks or hub
+lookups; the bundle's files and folders follow the umask.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 from mmedge.bundle import open_bundle
 from mmedge.errors import ExportError
 from mmedge.export import export_model
+from mmedge.export.sources import looks_like_hub_id
 from mmedge.models import tiny
 
 
@@ -131,7 +133,7 @@ def test_export_into_an_empty_current_folder(hf, tmp_path, monkeypatch):
     open_bundle(here)
 
 
-# -- -o naming a file -----------------------------------------------------------------------------
+# -- -o naming a file, models that do not exist -----------------------------------------------------
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_output_that_is_a_file(hf, tmp_path, overwrite):
     target = tmp_path / "model.onnx"
@@ -141,6 +143,27 @@ def test_output_that_is_a_file(hf, tmp_path, overwrite):
     with pytest.raises(ExportError, match="is a file, not a folder"):
         export_model(str(hf), target / "bundle", parity=False, progress=False)
     assert target.read_bytes() == b"not a folder"
+
+
+@pytest.mark.parametrize("model", ["nosuch/", "./nosuch", "ABS/nosuch", "nosuch.gguf",
+                                   "nosuch/deeper/model", "../nosuch"])
+def test_missing_local_path_says_it_does_not_exist(model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = model.replace("ABS", str(tmp_path))
+    with pytest.raises(ExportError) as err:
+        export_model(model, tmp_path / "out", parity=False, progress=False)
+    message = str(err.value)
+    assert "does not exist" in message and "Hub" not in message and "download" not in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_only_owner_slash_name_is_a_hub_id():
+    for hub_id in ("HuggingFaceTB/SmolLM2-135M-Instruct", "openai/clip-vit-base-patch32",
+                   "Qwen/Qwen2.5-0.5B", "a_b/c_d"):
+        assert looks_like_hub_id(hub_id), hub_id
+    for path in ("nosuch/", "./nosuch", "/abs/nosuch", "nosuch.gguf", "a/b/c", "../x", "a/..",
+                 "-a/b", "a--b/c", "owner/name.gguf", "nosuch"):
+        assert not looks_like_hub_id(path), path
 
 
 # -- file modes ------------------------------------------------------------------------------------
