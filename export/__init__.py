@@ -3,7 +3,9 @@
 `export_model(MODEL, OUT)` resolves MODEL (hub id, local folder, .gguf), picks the family recipe
 from its architecture, writes the graphs, runs the parity check against torch, and writes the
 manifest with every file's sha256 last. The bundle is assembled in a temporary folder next to OUT
-and moved into place only when complete, so a failed export never leaves a half bundle behind.
+and moved into place only when complete, so a failed export never leaves a half bundle behind and
+never loses the bundle it was to replace; `overwrite` replaces only a bundle mmedge wrote (see
+output.py for what is refused).
 
 The runtime never imports this package; the CLI imports it lazily for `mmedge export`.
 """
@@ -22,6 +24,7 @@ from mmedge.errors import ExportError
 from .context import ExportContext
 from .decoder import PRECISIONS
 from .families import recipe_for
+from .output import check_target, follow_umask, make_staging, swap_in
 from .sources import resolve
 
 VISION_PRECISIONS = ("fp32", "fp16", "int8")
@@ -52,50 +55,53 @@ def export_model(model: str, out_dir: str | Path, precision: str = "fp32",
     if vision_precision not in VISION_PRECISIONS:
         raise ExportError(f"--vision-quant must be one of {', '.join(VISION_PRECISIONS)}, "
                           f"not '{vision_precision}'.")
-    out_dir = Path(out_dir).expanduser()
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise ExportError(f"{out_dir} exists and is not empty. Choose another folder or pass "
-                          f"--overwrite.")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    out_dir = check_target(Path(out_dir), overwrite)
+    staging = make_staging(out_dir)
+    try:
+        with tempfile.TemporaryDirectory(prefix="mmedge-export-") as scratch:
+            manifest = _export_into(model, staging, Path(scratch), precision, vision_precision,
+                                    parity, progress, requantize)
+        follow_umask(staging)
+        swap_in(staging, out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return manifest
 
+
+def _export_into(model: str, staging: Path, scratch: Path, precision: str, vision_precision: str,
+                 parity: bool, progress: bool, requantize: bool) -> dict[str, Any]:
+    """Write the whole bundle for MODEL into the empty folder `staging`; return its manifest."""
     from tqdm.auto import tqdm
 
-    with tempfile.TemporaryDirectory(prefix="mmedge-export-") as scratch, \
-            tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.partial-",
-                                        dir=out_dir.parent) as staging:
-        bar = tqdm(total=7, desc="export", unit="step", disable=not progress)
+    bar = tqdm(total=7, desc="export", unit="step", disable=not progress)
 
-        def step(name: str) -> None:
-            bar.set_postfix_str(name)
-            bar.update(1)
+    def step(name: str) -> None:
+        bar.set_postfix_str(name)
+        bar.update(1)
 
-        bar.set_postfix_str("reading model")
-        source = resolve(model, Path(scratch))
-        recipe = recipe_for(source.config)
-        ctx = ExportContext(source=source, out_dir=Path(staging), precision=precision,
-                            vision_precision=vision_precision, workdir=Path(scratch), step=step,
-                            requantize=requantize)
-        step("loading torch model")
-        ctx.reference = recipe.load_reference(source.folder)
-        recipe.export(ctx)   # advances the bar through its graphs
-        ctx.manifest["exporter"] = {"mmedge": __version__, "source": source.description}
+    bar.set_postfix_str("reading model")
+    source = resolve(model, scratch)
+    recipe = recipe_for(source.config)
+    ctx = ExportContext(source=source, out_dir=staging, precision=precision,
+                        vision_precision=vision_precision, workdir=scratch, step=step,
+                        requantize=requantize)
+    step("loading torch model")
+    ctx.reference = recipe.load_reference(source.folder)
+    recipe.export(ctx)   # advances the bar through its graphs
+    ctx.manifest["exporter"] = {"mmedge": __version__, "source": source.description}
+    write_manifest(ctx.out_dir, ctx.manifest)
+    if parity:
+        step("parity check vs torch")
+        if hasattr(recipe, "check_parity"):   # e.g. CLIP: embeddings, not generation
+            ctx.manifest["exporter"]["parity"] = recipe.check_parity(ctx)
+        else:
+            from .parity import check_parity
+
+            ctx.manifest["exporter"]["parity"] = check_parity(
+                ctx.out_dir, ctx.reference, precision, with_image="image" in ctx.manifest)
         write_manifest(ctx.out_dir, ctx.manifest)
-        if parity:
-            step("parity check vs torch")
-            if hasattr(recipe, "check_parity"):   # e.g. CLIP: embeddings, not generation
-                ctx.manifest["exporter"]["parity"] = recipe.check_parity(ctx)
-            else:
-                from .parity import check_parity
-
-                ctx.manifest["exporter"]["parity"] = check_parity(
-                    ctx.out_dir, ctx.reference, precision, with_image="image" in ctx.manifest)
-            write_manifest(ctx.out_dir, ctx.manifest)
-        bar.set_postfix_str("done")
-        bar.update(bar.total - bar.n)
-        bar.close()
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        shutil.move(staging, out_dir)
-        # TemporaryDirectory's cleanup expects the folder it made; give it an empty one back.
-        Path(staging).mkdir()
+    bar.set_postfix_str("done")
+    bar.update(bar.total - bar.n)
+    bar.close()
     return ctx.manifest

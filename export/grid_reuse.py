@@ -186,9 +186,12 @@ def _subtract_correction(model: onnx.ModelProto, node: onnx.NodeProto, correctio
     if activation not in block_sums:
         # blocksum(A) = A @ I, with I[k, b] = 1 where feature k lies in block b: one small MatMul
         # (K x K/32) rather than a Reshape + ReduceSum pair, i.e. one node fewer per activation.
-        indicator = np.kron(np.eye(nb, dtype=np.float32), np.ones((BLOCK, 1), dtype=np.float32))
-        ind_name, summed = f"{node.name}/grid/block_indicator", f"{node.name}/grid/block_sums"
-        model.graph.initializer.append(numpy_helper.from_array(indicator, ind_name))
+        # I depends only on K: one initializer per K for the whole graph (one per activation was
+        # 12.5 MB of identical 0/1 matrices in SmolLM2-135M's int4 bundle).
+        ind_name, summed = f"grid/block_indicator_K{nb * BLOCK}", f"{node.name}/grid/block_sums"
+        if not any(i.name == ind_name for i in model.graph.initializer):
+            indicator = np.kron(np.eye(nb, dtype=np.float32), np.ones((BLOCK, 1), dtype=np.float32))
+            model.graph.initializer.append(numpy_helper.from_array(indicator, ind_name))
         new.append(helper.make_node("MatMul", [activation, ind_name], [summed], name=summed))
         block_sums[activation] = summed
     weight = f"{node.name}/grid/correction"

@@ -11,6 +11,7 @@ only safetensors are read.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,26 @@ class Source:
     description: str          # what the user passed, for the manifest
 
 
+# A Hugging Face repo id: "owner/name", each part letters, digits, '-', '_', '.', at most 96
+# characters, not starting or ending with '-' or '.', no '--' or '..' (the hub's own rule).
+_HUB_PART = r"(?!.*(--|\.\.))[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
+_HUB_ID = re.compile(rf"{_HUB_PART}/{_HUB_PART}")
+
+
+def looks_like_hub_id(model: str) -> bool:
+    """True for `owner/name`; False for anything that reads as a path (`nosuch/`, `./x`, `/abs/x`,
+    `a/b/c`, `x.gguf`), which therefore never goes to the hub."""
+    return bool(_HUB_ID.fullmatch(model)) and not model.lower().endswith(".gguf")
+
+
 def resolve(model: str, workdir: Path) -> Source:
     """Turn MODEL (hub id, folder, or .gguf file) into a local HF folder under `workdir`."""
     path = Path(model).expanduser()
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
-            raise ExportError(f"GGUF file {path} does not exist.")
+            raise ExportError(f"The GGUF file {path} does not exist"
+                              + (" (it is a folder)" if path.is_dir() else "")
+                              + f" (looked at {path.absolute()}). Check the path.")
         folder = gguf_to_folder(path, workdir / "from-gguf")
         return Source(folder, _read_config(folder), f"gguf:{path.name}")
     if path.exists():
@@ -46,11 +61,16 @@ def resolve(model: str, workdir: Path) -> Source:
 
         folder = reference.build(model, workdir / model)
         return Source(folder, _read_config(folder), f"mmedge:{model}")
-    if model.count("/") == 1 and not model.startswith((".", "/")):
+    if looks_like_hub_id(model):
         folder = _download(model, workdir / "hub")
         return Source(folder, _read_config(folder), f"hf:{model}")
-    raise ExportError(f"'{model}' is not a local folder, a .gguf file, a Hugging Face hub id "
-                      f"(owner/name), or one of mmedge's reference models ({', '.join(REFERENCE_MODELS)}).")
+    if "/" in model or "\\" in model or model.startswith(("~", ".")):
+        raise ExportError(f"The folder {path} does not exist (looked at {path.absolute()}). Pass "
+                          f"a local Hugging Face model folder, a .gguf file, or a hub id "
+                          f"(owner/name).")
+    raise ExportError(f"'{model}' is not a local folder or file (nothing is at "
+                      f"{path.absolute()}), a .gguf file, a Hugging Face hub id (owner/name), or "
+                      f"one of mmedge's reference models ({', '.join(REFERENCE_MODELS)}).")
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
@@ -84,7 +104,8 @@ def _download(repo_id: str, target: Path) -> Path:
                                       local_dir=str(target / repo_id.replace("/", "--"))))
     except Exception as e:  # network, auth, missing repo: all end the same way for the user
         raise ExportError(f"Could not download '{repo_id}' from the Hugging Face Hub ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''}). If you are offline, "
+                          f"{str(e).splitlines()[0] if str(e) else ''}). No local folder "
+                          f"{Path(repo_id).absolute()} exists either. If you are offline, "
                           f"pass a local folder or a .gguf file instead.") from None
 
 
