@@ -256,6 +256,8 @@ def _check_manifest(manifest_path: Path, m: dict[str, Any]) -> None:
         patch = get(image, "image.", "patch_embedding", dict, "a table", optional=True)
         if patch is not None:
             get(patch, "image.patch_embedding.", "file", str, "a file name")
+            for key in ("num_tokens", "patch_size"):
+                positive(patch, "image.patch_embedding.", key)
         if family == "llava":
             get(image, "image.", "image_token_id", int, "a token id")
             get(image, "image.", "image_token", str, "the image token's text")

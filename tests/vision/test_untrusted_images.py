@@ -6,6 +6,7 @@ for absurd sizes is refused when the preprocessor is built."""
 
 from __future__ import annotations
 
+import base64
 import io
 import struct
 import warnings
@@ -162,3 +163,18 @@ def test_absurd_sizes_in_a_manifest_are_refused_up_front(change: dict, words: st
     with pytest.raises(BundleError, match=words):
         ImagePreprocessor({**clip_spec(224), **change})
     assert MAX_SPEC_SIDE == 8192
+
+
+# --- inputs the fuzzer found (tests/fuzz/fuzz_image.py) --------------------------------------------
+
+# A 2x4 RGBA TIFF whose StripOffsets tag (273) is stored as a DOUBLE: Pillow reached
+# `seek(2.0e-323)` and raised TypeError, which escaped load_image.
+TIFF_WITH_FLOAT_STRIP_OFFSET = base64.b64decode(
+    "SUkqAAgAAAAKAAABBAABAAAABAAAAAEBBAABAAAAAgAAAAIBAwAEAAAAhgAAAAMBAAMBAAAkAQAAAAYBAwABAAAABQAA"
+    "ABEBDAABAAAAjgAAABUBAwABAAAABAAAABYBBAABAAAAAgAAABcBBAABAAAAIAAAABwBAwABAAAAAQAAAAAAgAAIAAgA"
+    "CAAIAIJHggD+FNYAil2BACXNvAAK/xMAckn4ACyUEQDw4WMA")
+
+
+def test_tiff_with_a_float_strip_offset_is_an_image_error() -> None:
+    with pytest.raises(ImageError, match=r"image bytes \(174 bytes\) could not be decoded .*Re-download"):
+        load_image(TIFF_WITH_FLOAT_STRIP_OFFSET)

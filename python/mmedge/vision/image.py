@@ -29,8 +29,9 @@ DEFAULT_MAX_PIXELS = 64_000_000
 
 ImageLike = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
 
-# What Pillow raises for files it cannot decode, besides OSError (which covers truncation).
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError)
+# What Pillow raises for files it cannot decode, besides OSError (which covers truncation). TypeError:
+# a TIFF whose strip offset tag holds a float reaches `seek(float)` (found by tests/fuzz/fuzz_image.py).
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, TypeError)
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 # The only formats decoded. Images come from users and the network, every extra decoder is attack
 # surface, and some are worse than that (EPS runs Ghostscript).
