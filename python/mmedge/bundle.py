@@ -20,6 +20,11 @@ Format (FORMAT_VERSION 1), the fields a runtime relies on:
     quantization     {"decoder": "int4", "vision": "fp32", ...}
     files            {relative path: {"sha256": ..., "size": ...}} for every file but the manifest
     exporter         {"mmedge": version, "source": ..., "parity": {...}}
+
+Bundles come from people and programs mmedge does not control, so `open_bundle` checks, with or
+without checksums, everything that would otherwise fail later as a KeyError or reach outside the
+bundle: the manifest's types, every path it names (symlinks followed: a link may point anywhere
+inside the bundle, nowhere outside it), the graphs' external data and their input/output dtypes.
 """
 
 from __future__ import annotations
