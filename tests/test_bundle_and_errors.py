@@ -308,6 +308,9 @@ def _drop(table, key):
     (lambda m: m.update(image=None), "'image' must be a table"),
     (lambda m: m["image"].update(num_image_tokens=-1), "'image.num_image_tokens' must be a positive"),
     (lambda m: m["image"].update(patch_embedding="patch_embedding.safetensors"), "'image.patch_embedding' must be a table"),
+    # Found by tests/fuzz/fuzz_manifest.py: a TypeError from int() in the patch-embedding loader.
+    (lambda m: m["image"]["patch_embedding"].update(num_tokens=[17]), "'image.patch_embedding.num_tokens' must be a positive integer, got list"),
+    (lambda m: m["image"]["patch_embedding"].update(patch_size="8"), "'image.patch_embedding.patch_size' must be a positive integer, got str"),
     (lambda m: m["text"].update(tokenizer_file="vocab.json"), "text.tokenizer_file names vocab.json, which the manifest does not list"),
 ])
 def test_malformed_manifest_is_a_bundle_error(copy, verify, damage, words):
@@ -317,6 +320,19 @@ def test_malformed_manifest_is_a_bundle_error(copy, verify, damage, words):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=words):
         mmedge.load(copy, verify=verify)
+
+
+def test_vision_input_checks_its_patch_embedding_entry_itself(copy):
+    """For a manifest that did not come through open_bundle (the fuzz finding, one layer down)."""
+    from mmedge.vision.inputs import VisionInput
+
+    manifest = _manifest(copy)
+    manifest["image"]["patch_embedding"]["num_tokens"] = [17]
+    with pytest.raises(BundleError, match=r"patch_embedding has num_tokens \[17\], not a token count"):
+        VisionInput(copy, manifest, "patch_tokens")
+    manifest["image"]["patch_embedding"].update(num_tokens=17, file=["x"])
+    with pytest.raises(BundleError, match=r"patch_embedding names \['x'\]"):
+        VisionInput(copy, manifest, "patch_tokens")
 
 
 def test_manifest_that_is_not_utf8_or_too_deep(copy):

@@ -22,6 +22,13 @@ FOUND = {
         "AAAAEQEMAAEAAACOAAAAFQEDAAEAAAAEAAAAFgEEAAEAAAACAAAAFwEEAAEAAAAgAAAAHAEDAAEAAAABAAAAAACAAAgA"
         "CAAIAAgAgkeCAP4U1gCKXYEAJc28AAr/EwBySfgALJQRAPDhYwA=",
     ],
+    "manifest": [
+        # Structured edits of the tiny LLaVA's manifest giving patch_embedding.num_tokens a list:
+        # TypeError from int() in the patch-embedding loader.
+        "paWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWl"
+        "paWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaUDAQMBBRQDAgX7"
+        "EwLy////AAAAAAM=",
+    ],
     "chat_template": [
         # A message whose content is a list, into SmolLM2's `+`: see test_known_open_* below.
         "JAEEAwMCAaAn",
