@@ -120,6 +120,230 @@ def test_manifest_path_escape_refused(copy):
         mmedge.load(copy)
 
 
+def _rewrite(copy, manifest=None):
+    """A fresh manifest (checksums of the files as they now are), as a tamperer would write."""
+    from mmedge.bundle import write_manifest
+
+    write_manifest(copy, manifest or _manifest(copy))
+
+
+@pytest.mark.parametrize("verify", [True, False])
+@pytest.mark.parametrize("where, path, words", [
+    ("component", "../outside.onnx", "climbs out"),
+    ("component", "/etc/passwd", "is absolute"),
+    ("tokenizer", "../tokenizer.json", "climbs out"),
+    ("tokenizer", "/tmp/tokenizer.json", "is absolute"),
+    ("patch", "..\\patch_embedding.safetensors", "backslash"),
+])
+def test_manifest_paths_leaving_the_bundle_are_refused(copy, verify, where, path, words):
+    manifest = _manifest(copy)
+    if where == "component":
+        manifest["components"]["embed"]["file"] = path
+        named = "component 'embed'"
+    elif where == "tokenizer":
+        manifest["text"]["tokenizer_file"] = path
+        named = "text.tokenizer_file"
+    else:
+        manifest["image"]["patch_embedding"]["file"] = path
+        named = "image.patch_embedding"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=f"{named} .*{words}"):
+        mmedge.load(copy, verify=verify)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_symlink_pointing_outside_is_refused(copy, tmp_path, verify):
+    """A symlinked tokenizer.json used to load. The manifest is rewritten so its checksums match
+    what the link points at: only the link's target gives it away."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.move(copy / "tokenizer.json", outside / "tokenizer.json")
+    (copy / "tokenizer.json").symlink_to(outside / "tokenizer.json")
+    _rewrite(copy)
+    with pytest.raises(BundleError, match="tokenizer.json.* outside the bundle: it is a symlink"):
+        mmedge.load(copy, verify=verify)
+
+
+def test_symlinked_folder_inside_pointing_outside_is_refused(copy, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.move(copy / "vision.onnx", outside / "vision.onnx")
+    (copy / "graphs").symlink_to(outside, target_is_directory=True)
+    manifest = _manifest(copy)
+    manifest["components"]["vision"]["file"] = "graphs/vision.onnx"
+    _rewrite(copy, manifest)
+    with pytest.raises(BundleError, match="component 'vision' .*outside the bundle: it is a symlink .*elsewhere"):
+        mmedge.load(copy, verify=False)
+
+
+def test_symlinks_inside_the_bundle_and_a_symlinked_bundle_load(copy, tmp_path):
+    """Links that stay inside are followed (the checksums cover their targets), and the bundle's
+    own directory may be a link (bundles/current -> bundles/v2)."""
+    (copy / "store").mkdir()
+    shutil.move(copy / "tokenizer.json", copy / "store" / "tokenizer.json")
+    (copy / "tokenizer.json").symlink_to("store/tokenizer.json")
+    _rewrite(copy)
+    link = tmp_path / "current"
+    link.symlink_to(copy, target_is_directory=True)
+    model = mmedge.load(link)
+    assert model.generate("hi", max_new_tokens=2, ignore_eos=True)
+    # A changed target is still caught by its checksum.
+    (copy / "store" / "tokenizer.json").write_text("{}")
+    with pytest.raises(BundleError, match="tokenizer.json in .* bytes"):
+        mmedge.load(link)
+
+
+def _set_external_location(graph, location):
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(str(graph), load_external_data=False)
+    changed = 0
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+                changed += 1
+    assert changed, "the tiny decoder keeps its weights in external data"
+    onnx.save(model, str(graph))
+
+
+@pytest.mark.parametrize("verify", [True, False])
+@pytest.mark.parametrize("location, words", [
+    ("../decoder.onnx.data", "climbs out"),
+    ("/etc/hostname", "is absolute"),
+    ("stray.data", "does not list"),
+], ids=["dotdot", "absolute", "unlisted"])
+def test_external_data_outside_the_bundle_is_refused(copy, verify, location, words):
+    """Read from the graph's own initializers (no weights loaded), before ONNX Runtime sees it."""
+    if location == "stray.data":
+        shutil.copy(copy / "decoder.onnx.data", copy / "stray.data")
+    else:
+        shutil.copy(copy / "decoder.onnx.data", copy.parent / "decoder.onnx.data")
+    _set_external_location(copy / "decoder.onnx", location)
+    _rewrite(copy)
+    if location == "stray.data":   # present but not checksummed: the manifest must list it
+        manifest = _manifest(copy)
+        del manifest["files"]["stray.data"]
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=f"external data of decoder.onnx .*{words}"):
+        mmedge.load(copy, verify=verify)
+
+
+def test_external_data_through_an_outward_symlink_is_refused(copy, tmp_path):
+    elsewhere = tmp_path / "weights.data"
+    shutil.copy(copy / "decoder.onnx.data", elsewhere)
+    (copy / "weights.data").symlink_to(elsewhere)
+    _set_external_location(copy / "decoder.onnx", "weights.data")
+    _rewrite(copy)   # lists weights.data: refused as a file of the bundle
+    with pytest.raises(BundleError, match="files entry 'weights.data' .*outside the bundle: it is a symlink"):
+        mmedge.load(copy, verify=False)
+    manifest = _manifest(copy)
+    del manifest["files"]["weights.data"]   # unlisted: refused as the graph's external data
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="external data of decoder.onnx .*weights.data.* outside "
+                                          "the bundle: it is a symlink"):
+        mmedge.load(copy, verify=False)
+
+
+def test_a_graph_that_is_not_onnx_is_refused_at_open(copy):
+    (copy / "vision.onnx").write_bytes(b"\xff" * 64)
+    with pytest.raises(BundleError, match="vision.onnx .*component 'vision'.* not a valid ONNX"):
+        mmedge.load(copy, verify=False)
+    (copy / "vision.onnx").write_bytes(b"")
+    with pytest.raises(BundleError, match="vision.onnx .*cannot be read as an ONNX graph"):
+        mmedge.load(copy, verify=False)
+
+
+def test_bfloat16_in_the_manifest_is_refused(copy):
+    manifest = _manifest(copy)
+    manifest["components"]["decoder"]["inputs"][2]["dtype"] = "bfloat16"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="'decoder' a bfloat16 tensor \\(past_key_values.0.key\\).*"
+                                          "--quant fp16"):
+        mmedge.load(copy, verify=False)
+
+
+def test_bfloat16_graph_input_is_refused_even_if_the_manifest_says_float(copy):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["patch_tokens"], ["image_features"])], "bf16",
+        [helper.make_tensor_value_info("patch_tokens", TensorProto.BFLOAT16, ["batch", 17, 32])],
+        [helper.make_tensor_value_info("image_features", TensorProto.BFLOAT16, ["batch", 17, 32])])
+    onnx.save(helper.make_model(graph), str(copy / "vision.onnx"))
+    _rewrite(copy)
+    assert _manifest(copy)["components"]["vision"]["inputs"][0]["dtype"] == "float32"
+    with pytest.raises(BundleError, match="the graph vision.onnx gives component 'vision' a "
+                                          "bfloat16 tensor \\(patch_tokens, image_features\\)"):
+        mmedge.load(copy)
+
+
+def _drop(table, key):
+    del table[key]
+
+
+@pytest.mark.parametrize("verify", [True, False])
+@pytest.mark.parametrize("damage, words", [
+    (lambda m: m.update(family=["llava"]), "'family' must be one of"),
+    (lambda m: m.update(family="gpt"), "'family' must be one of .*a newer mmedge"),
+    (lambda m: m.update(components=[]), "'components' must be a table"),
+    (lambda m: _drop(m["components"], "vision"), "'llava' bundle needs a 'vision' component"),
+    (lambda m: _drop(m["components"]["embed"], "file"), "'components.embed.file' must be a file name, got missing"),
+    (lambda m: m["components"]["embed"].update(file=3), "'components.embed.file' must be a file name, got int"),
+    (lambda m: m["components"]["decoder"].update(inputs={}), "'components.decoder.inputs' must be a list"),
+    (lambda m: m["components"]["decoder"]["inputs"].append(7), r"'components.decoder.inputs\[6\]' must"),
+    (lambda m: m["files"]["embed.onnx"].update(sha256=None), "'files.embed.onnx.sha256' must be 64 hex"),
+    (lambda m: m["files"]["embed.onnx"].update(size="312"), "'files.embed.onnx.size' must be a size"),
+    (lambda m: m["files"].update({"x": []}), "'files.x' must be a table"),
+    (lambda m: _drop(m["text"], "tokenizer_file"), "'text.tokenizer_file' must be a file name, got missing"),
+    (lambda m: m["text"].update(context_length="2048"), "'text.context_length' must be a positive integer, got str"),
+    (lambda m: m["text"].update(context_length=True), "'text.context_length' must be a positive integer, got bool"),
+    (lambda m: m["text"].update(context_length=0), "'text.context_length' must be a positive integer, got int 0"),
+    (lambda m: m["text"].update(chat_template=["{{ x }}"]), "'text.chat_template' must be a Jinja"),
+    (lambda m: m["text"].update(eos_token_ids=["2"]), "'text.eos_token_ids' must be a list of token ids"),
+    (lambda m: m.update(text="tokenizer.json"), "'text' must be a table"),
+    (lambda m: _drop(m["decoder"], "num_layers"), "'decoder.num_layers' must be a positive integer, got missing"),
+    (lambda m: m.update(decoder=None), "'decoder' must be a table"),
+    (lambda m: m.update(exporter=["mmedge"]), "'exporter' must be a table"),
+    (lambda m: m.update(image=None), "'image' must be a table"),
+    (lambda m: m["image"].update(num_image_tokens=-1), "'image.num_image_tokens' must be a positive"),
+    (lambda m: m["image"].update(patch_embedding="patch_embedding.safetensors"), "'image.patch_embedding' must be a table"),
+    # Found by tests/fuzz/fuzz_manifest.py: a TypeError from int() in the patch-embedding loader.
+    (lambda m: m["image"]["patch_embedding"].update(num_tokens=[17]), "'image.patch_embedding.num_tokens' must be a positive integer, got list"),
+    (lambda m: m["image"]["patch_embedding"].update(patch_size="8"), "'image.patch_embedding.patch_size' must be a positive integer, got str"),
+    (lambda m: m["text"].update(tokenizer_file="vocab.json"), "text.tokenizer_file names vocab.json, which the manifest does not list"),
+])
+def test_malformed_manifest_is_a_bundle_error(copy, verify, damage, words):
+    """Each was a KeyError, TypeError or AttributeError somewhere in loading, or loaded."""
+    manifest = _manifest(copy)
+    damage(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=words):
+        mmedge.load(copy, verify=verify)
+
+
+def test_vision_input_checks_its_patch_embedding_entry_itself(copy):
+    """For a manifest that did not come through open_bundle (the fuzz finding, one layer down)."""
+    from mmedge.vision.inputs import VisionInput
+
+    manifest = _manifest(copy)
+    manifest["image"]["patch_embedding"]["num_tokens"] = [17]
+    with pytest.raises(BundleError, match=r"patch_embedding has num_tokens \[17\], not a token count"):
+        VisionInput(copy, manifest, "patch_tokens")
+    manifest["image"]["patch_embedding"].update(num_tokens=17, file=["x"])
+    with pytest.raises(BundleError, match=r"patch_embedding names \['x'\]"):
+        VisionInput(copy, manifest, "patch_tokens")
+
+
+def test_manifest_that_is_not_utf8_or_too_deep(copy):
+    (copy / "manifest.json").write_bytes(b'{"format_version": 1, "family": "\xff"}')
+    with pytest.raises(BundleError, match="not valid JSON"):
+        mmedge.load(copy)
+    (copy / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(BundleError, match="not valid JSON"):
+        mmedge.load(copy)
+
+
 # -- prompts and images ----------------------------------------------------------------------------
 def test_empty_prompt(bundle):
     model = mmedge.load(bundle)

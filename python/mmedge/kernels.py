@@ -29,7 +29,7 @@ from PIL import Image
 
 from mmedge.errors import ImageError
 from mmedge.native import _C, _UNAVAILABLE_REASON
-from mmedge.vision.preprocess import ImagePreprocessor, resize_output_size
+from mmedge.vision.preprocess import ImagePreprocessor
 
 # Pillow 13 changed the order of its two resampling passes in some cases (see csrc/patch_embed.cpp);
 # match the Pillow that ImagePreprocessor uses here.
@@ -55,7 +55,7 @@ def patch_embed_geometry(frame_hw: tuple[int, int], spec: Mapping[str, Any] | Im
     rules as `ImagePreprocessor` (transformers'): the family's resize, then the center crop."""
     pre = spec if isinstance(spec, ImagePreprocessor) else ImagePreprocessor(spec)
     height, width = frame_hw
-    resized = resize_output_size(height, width, pre.size) if pre.do_resize else (height, width)
+    resized = pre.resized_size(height, width)   # ImageError where that would be enormous
     image = pre.crop_size if pre.do_center_crop else resized
     if pre.image_size is not None and tuple(image) != tuple(pre.image_size):
         raise ImageError(

@@ -37,6 +37,9 @@ from mmedge.errors import ImageError, MMEdgeError
 __all__ = ["ImageIndex", "IndexReport", "IMAGE_SUFFIXES", "image_files"]
 
 SCHEMA_VERSION = 1
+# What reading an index file someone handed over can raise: SQLite's errors, and a text column
+# holding bytes that are not UTF-8 (sqlite3 decodes every TEXT value as it is fetched).
+_READ_ERRORS = (sqlite3.Error, UnicodeDecodeError)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".ppm",
                   ".avif", ".mpo")
 
@@ -84,27 +87,70 @@ class ImageIndex:
         self.model = model
         try:
             self._db = sqlite3.connect(str(self.path))
+        except _READ_ERRORS as e:
+            raise MMEdgeError(f"{self.path} cannot be opened as an index ({e}).") from None
+        try:
+            self._check_schema()
             self._db.executescript(
                 "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
                 "CREATE TABLE IF NOT EXISTS images (path TEXT PRIMARY KEY, size INTEGER NOT NULL, "
                 "mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL, embedding BLOB NOT NULL);"
                 "CREATE INDEX IF NOT EXISTS images_sha256 ON images (sha256);")
-        except sqlite3.DatabaseError as e:
-            raise MMEdgeError(f"{self.path} is not an mmedge index ({e}).") from None
-        meta = dict(self._db.execute("SELECT key, value FROM meta"))
+            meta = {str(k): str(v) for k, v in self._db.execute("SELECT key, value FROM meta")}
+        except _READ_ERRORS as e:
+            self._fail(e)
+        except MMEdgeError:
+            self._db.close()
+            raise
         mine = {"schema": str(SCHEMA_VERSION), "model_id": model.model_id,
                 "embed_dim": str(model.embed_dim)}
         if not meta:
             source = model.bundle.manifest.get("exporter", {}).get("source") or ""
-            with self._db:
-                self._db.executemany("INSERT INTO meta VALUES (?, ?)",
-                                     [*mine.items(), ("source", source)])
-        elif meta.get("model_id") != mine["model_id"] or meta.get("schema") != mine["schema"]:
+            try:
+                with self._db:
+                    self._db.executemany("INSERT INTO meta VALUES (?, ?)",
+                                         [*mine.items(), ("source", source)])
+            except _READ_ERRORS as e:
+                self._fail(e)
+        elif any(meta.get(k) != mine[k] for k in mine):
+            self._db.close()
             raise MMEdgeError(
                 f"{self.path} was built by another bundle (model {meta.get('model_id', '?')[:12]}, "
-                f"from {meta.get('source') or 'unknown'}); this bundle is {mine['model_id'][:12]}. "
-                f"Embeddings of different models cannot be compared: use another index file, or "
-                f"the bundle that built this one.")
+                f"from {meta.get('source') or 'unknown'}, schema {meta.get('schema', '?')[:8]}, "
+                f"{meta.get('embed_dim', '?')[:8]}-dim embeddings); this bundle is "
+                f"{mine['model_id'][:12]}. Embeddings of different models cannot be compared: use "
+                f"another index file, or the bundle that built this one.")
+
+    # What an index file may hold: these tables and index, nothing else. A view or trigger in a file
+    # someone handed over would run its own SQL inside every query (a recursive view never ends).
+    _SCHEMA = {("table", "meta"), ("table", "images"), ("index", "images_sha256"),
+               ("index", "sqlite_autoindex_meta_1"), ("index", "sqlite_autoindex_images_1"),
+               ("table", "sqlite_stat1"), ("table", "sqlite_stat4")}   # the last two: ANALYZE
+
+    def _check_schema(self) -> None:
+        self._db.execute("PRAGMA trusted_schema = OFF")
+        found = set(self._db.execute("SELECT type, name FROM sqlite_master"))
+        strange = sorted(found - self._SCHEMA)
+        if strange:
+            kind, name = strange[0]
+            raise MMEdgeError(
+                f"{self.path} is not an mmedge index: it holds a {kind} named {name!r} "
+                f"({len(strange)} object(s) an index does not have). Refusing to run its SQL; "
+                "index into a new file (`mmedge index CLIP_BUNDLE NEW.sqlite FOLDERS`).")
+        columns = {"meta": ["key", "value"],
+                   "images": ["path", "size", "mtime_ns", "sha256", "embedding"]}
+        for table, want in columns.items():
+            if ("table", table) in found:
+                have = [row[1] for row in self._db.execute(f"PRAGMA table_info({table})")]
+                if have != want:
+                    raise MMEdgeError(
+                        f"{self.path} is not an mmedge index: its table {table!r} has columns "
+                        f"{have}, not {want}. Index into a new file.")
+
+    def _fail(self, error: Exception) -> None:
+        self._db.close()
+        raise MMEdgeError(f"{self.path} is not an mmedge index, or is damaged ({error}). Index "
+                          "into a new file, or delete this one and re-run `mmedge index`.") from None
 
     def close(self) -> None:
         self._db.close()
@@ -116,7 +162,11 @@ class ImageIndex:
         self.close()
 
     def __len__(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+        try:
+            return self._db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+        except _READ_ERRORS as e:
+            raise MMEdgeError(f"{self.path} cannot be read ({e}); it is damaged. Delete it and "
+                              "re-run `mmedge index`.") from None
 
     # -- indexing ---------------------------------------------------------------------------------
     def update(self, paths: Sequence[str | os.PathLike], batch_size: int = 8,
@@ -229,9 +279,21 @@ class ImageIndex:
             vector = self.model.embed_texts([query], warn_unknown=True)[0]   # unknown words: warns
         else:
             vector = self.model.embed_images([query])[0]
-        rows = self._db.execute("SELECT path, embedding FROM images").fetchall()
+        try:
+            rows = self._db.execute("SELECT path, embedding FROM images").fetchall()
+        except _READ_ERRORS as e:
+            raise MMEdgeError(f"{self.path} cannot be read ({e}); it is damaged. Delete it and "
+                              "re-run `mmedge index`.") from None
         if not rows:
             return []
+        width = 4 * int(self.model.embed_dim)
+        for path, embedding in rows:   # the file may come from anywhere: every row is checked
+            if not isinstance(path, str) or not isinstance(embedding, bytes) or len(embedding) != width:
+                got = f"{len(embedding)} bytes" if isinstance(embedding, bytes) else type(embedding).__name__
+                raise MMEdgeError(
+                    f"{self.path} has a damaged row: path {path!r:.80} with an embedding of {got}, "
+                    f"where this bundle's are {width} bytes ({self.model.embed_dim} float32). "
+                    "Delete the index and re-run `mmedge index`.")
         paths = [r[0] for r in rows]
         matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
         scores = matrix @ vector.astype(np.float32)

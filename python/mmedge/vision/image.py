@@ -29,8 +29,9 @@ DEFAULT_MAX_PIXELS = 64_000_000
 
 ImageLike = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
 
-# What Pillow raises for files it cannot decode, besides OSError (which covers truncation).
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError)
+# What Pillow raises for files it cannot decode, besides OSError (which covers truncation). TypeError:
+# a TIFF whose strip offset tag holds a float reaches `seek(float)` (found by tests/fuzz/fuzz_image.py).
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, TypeError)
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 # The only formats decoded. Images come from users and the network, every extra decoder is attack
 # surface, and some are worse than that (EPS runs Ghostscript).
@@ -61,13 +62,18 @@ def load_image(source: ImageLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
     processors do not do this for a PIL image or an array they are handed, and neither does
     mmedge: images passed in memory are used as given.
 
-    `max_pixels` bounds width x height of files and bytes, checked from the header before any
-    pixel is decoded; None lifts mmedge's bound (Pillow's own `Image.MAX_IMAGE_PIXELS` still
-    applies).
+    `max_pixels` bounds width x height of every source: of files and bytes from the header,
+    before any pixel is decoded; of PIL images and arrays before they are converted (an array
+    or a lazily decoded PIL image over it would otherwise cost several times its size again). None
+    lifts mmedge's bound (for files Pillow's own `Image.MAX_IMAGE_PIXELS` still applies).
     """
     if isinstance(source, Image.Image):
+        _within(source.size, "the PIL image", max_pixels)
         return _to_rgb(_nonempty(source, "the PIL image"), "the PIL image")
     if isinstance(source, np.ndarray):
+        if source.ndim in (2, 3):
+            _within((source.shape[1], source.shape[0]), f"the numpy image (shape {source.shape})",
+                    max_pixels)
         return _from_array(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
@@ -109,14 +115,8 @@ def _decode(fp: Path | io.BytesIO, name: str, max_pixels: int | None) -> Image.I
         raise ImageError(f"{name} is corrupt and could not be opened ({exc}).") from None
 
     with im:
-        width, height = im.size
         _nonempty(im, name)
-        if max_pixels is not None and width * height > max_pixels:
-            raise ImageError(
-                f"{name} is {width}x{height} = {width * height / 1e6:.1f} megapixels, over the limit "
-                f"of {max_pixels / 1e6:.1f} megapixels that guards against decompression bombs. "
-                "If the image is genuine, downscale it or pass a larger max_pixels."
-            )
+        _within(im.size, name, max_pixels)
         try:
             im.load()
         except _DECODE_ERRORS as exc:
@@ -129,6 +129,18 @@ def _decode(fp: Path | io.BytesIO, name: str, max_pixels: int | None) -> Image.I
         except _DECODE_ERRORS:
             upright = im.copy()  # unreadable EXIF: the pixels are still good, keep them as stored
         return _to_rgb(upright, name)
+
+
+def _within(size: tuple[int, int], name: str, max_pixels: int | None) -> None:
+    """Refuses an image of `size` (width, height) over `max_pixels`."""
+    width, height = size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageError(
+            f"{name} is {width}x{height} = {width * height / 1e6:.1f} megapixels, over the limit "
+            f"of {max_pixels / 1e6:.1f} megapixels that bounds the memory an image may take (and "
+            "guards against decompression bombs). If the image is genuine, downscale it or pass a "
+            "larger max_pixels."
+        )
 
 
 def _nonempty(im: Image.Image, name: str) -> Image.Image:

@@ -54,8 +54,11 @@ def _load_weights(root: Path, entry: Mapping[str, Any], files: Mapping[str, Any]
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    name = entry.get("file")
-    if name not in files:
+    name, tokens = entry.get("file"), entry.get("num_tokens")
+    if not isinstance(tokens, int) or isinstance(tokens, bool):
+        raise BundleError(f"the manifest's patch_embedding has num_tokens {tokens!r:.40}, not a "
+                          "token count. The bundle is damaged; re-run `mmedge export`.")
+    if not isinstance(name, str) or name not in files:
         raise BundleError(f"the manifest's patch_embedding names {name!r}, which it does not list "
                           "among its files. The bundle is damaged; re-run `mmedge export`.")
     try:
@@ -67,7 +70,6 @@ def _load_weights(root: Path, entry: Mapping[str, Any], files: Mapping[str, Any]
         problems.append("'weight' must be [D, 3, P, P]")
     else:
         dim, _, p, q = weights["weight"].shape
-        tokens = int(entry.get("num_tokens", -1))
         expect = {"position_embedding": (tokens, dim), "bias": (dim,), "class_embedding": (dim,)}
         problems += [f"'{k}' is {weights[k].shape}, expected {v}" for k, v in expect.items()
                      if k in weights and weights[k].shape != v]

@@ -32,9 +32,15 @@ from PIL import Image
 from mmedge.errors import BundleError, ImageError
 from mmedge.vision.image import DEFAULT_MAX_PIXELS, ImageLike, load_image
 
-__all__ = ["ImagePreprocessor", "resize_output_size", "center_crop"]
+__all__ = ["ImagePreprocessor", "resize_output_size", "center_crop", "MAX_SPEC_SIDE"]
+
+_MAX_INT32 = 2**31 - 1
 
 PROCESSORS = ("clip", "siglip")
+# The largest side a manifest may ask an image to be resized or cropped to. Vision towers take a few
+# hundred pixels; a manifest asking for more is damaged or hostile (a 10^6-pixel crop side would
+# allocate terabytes).
+MAX_SPEC_SIDE = 8192
 
 
 def resize_output_size(height: int, width: int, size: Mapping[str, int]) -> tuple[int, int]:
@@ -94,7 +100,7 @@ class ImagePreprocessor:
             self.std = np.asarray(spec["image_std"], dtype=np.float32).reshape(-1)
             image_size = spec.get("image_size")
             self.image_size = (int(image_size[0]), int(image_size[1])) if image_size else None
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
             raise BundleError(
                 f"the manifest's image preprocessing entry is malformed ({type(exc).__name__}: {exc}); "
                 "re-export the bundle."
@@ -104,10 +110,18 @@ class ImagePreprocessor:
             problems.append(f"processor {self.processor!r} is not one of {PROCESSORS}")
         if set(self.size) not in ({"shortest_edge"}, {"height", "width"}):
             problems.append(f"size {self.size} needs 'shortest_edge' or 'height' and 'width'")
-        if any(v <= 0 for v in self.size.values()):
-            problems.append(f"size {self.size} must be positive")
-        if self.do_center_crop and (self.crop_size is None or min(self.crop_size) <= 0):
-            problems.append(f"center crop needs a positive crop_size, got {spec.get('crop_size')}")
+        if any(v <= 0 or v > MAX_SPEC_SIDE for v in self.size.values()):
+            problems.append(f"size {self.size} must be positive and at most {MAX_SPEC_SIDE}")
+        if self.do_center_crop and (self.crop_size is None or min(self.crop_size) <= 0
+                                    or max(self.crop_size) > MAX_SPEC_SIDE):
+            problems.append(f"center crop needs a positive crop_size of at most {MAX_SPEC_SIDE}, "
+                            f"got {spec.get('crop_size')}")
+        if self.image_size is not None and not all(0 < v <= MAX_SPEC_SIDE for v in self.image_size):
+            problems.append(f"image_size {list(self.image_size)} must be positive and at most "
+                            f"{MAX_SPEC_SIDE}")
+        if not np.isfinite(self.rescale_factor) or not np.all(np.isfinite(self.mean)) \
+                or not np.all(np.isfinite(self.std)):
+            problems.append("rescale_factor, image_mean and image_std must be finite")
         if self.mean.shape != (3,) or self.std.shape != (3,) or np.any(self.std == 0):
             problems.append("image_mean and image_std need 3 values each, std non-zero")
         if problems:
@@ -116,6 +130,24 @@ class ImagePreprocessor:
                 + ". Re-export the bundle."
             )
         self.max_pixels = max_pixels
+
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) of an image of `height` x `width` after this preprocessor's resize
+        (itself when it does not resize). Raises ImageError when the resized image would hold
+        more than `max_pixels`: an extreme aspect ratio (a 1 x 20000 strip whose short side is
+        scaled up to 224 becomes 224 x 4480000) would otherwise take gigabytes, on every path
+        (Pillow's resize, the native kernel's geometry, CLIP's towers alike)."""
+        if not self.do_resize:
+            return height, width
+        out_h, out_w = resize_output_size(height, width, self.size)
+        limit = self.max_pixels if self.max_pixels is not None else _MAX_INT32
+        if out_h * out_w > limit or max(out_h, out_w) > _MAX_INT32:
+            raise ImageError(
+                f"the image is {width}x{height} (width x height); resizing it as this model needs "
+                f"({self.size}) would make it {out_w}x{out_h} = {out_w * out_h / 1e6:.1f} megapixels, "
+                f"over the limit of {limit / 1e6:.1f}. Its aspect ratio is too extreme: crop it "
+                "closer to square first (or pass a larger max_pixels).")
+        return out_h, out_w
 
     def __call__(self, images: Sequence[ImageLike] | ImageLike) -> np.ndarray:
         """Load and preprocess `images` (a sequence, or one image) into float32 [N, 3, H, W]."""
@@ -135,7 +167,7 @@ class ImagePreprocessor:
     def preprocess_one(self, image: Image.Image) -> np.ndarray:
         """One RGB PIL image (as `load_image` returns) to float32 [3, H, W]."""
         if self.do_resize:
-            height, width = resize_output_size(image.height, image.width, self.size)
+            height, width = self.resized_size(image.height, image.width)
             image = image.resize((width, height), resample=self.resample)
         pixels = np.asarray(image)  # H x W x 3 uint8
         if self.do_center_crop:
