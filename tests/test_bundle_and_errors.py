@@ -278,6 +278,31 @@ def test_bfloat16_graph_input_is_refused_even_if_the_manifest_says_float(copy):
         mmedge.load(copy)
 
 
+@pytest.mark.parametrize("verify", [True, False])
+def test_a_component_naming_another_components_graph_is_refused(copy, verify):
+    """Found by tests/fuzz/fuzz_manifest.py: 'decoder' pointing at vision.onnx passed open_bundle
+    and failed in the decoder session with KeyError: 'inputs_embeds'."""
+    manifest = _manifest(copy)
+    manifest["components"]["decoder"]["file"] = "vision.onnx"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="vision.onnx in .* is not the 'decoder' graph the manifest "
+                                          "says: it lacks inputs_embeds, attention_mask, "
+                                          "past_key_values.0.key \\(its inputs: patch_tokens\\)"):
+        mmedge.load(copy, verify=verify)
+
+
+@pytest.mark.parametrize("layers, words", [(3, "lacks past_key_values.2.key, past_key_values.2.value"),
+                                           (1, "no more than 2 past_key_values inputs")])
+def test_decoder_layer_count_must_match_the_graph(copy, layers, words):
+    """A count above the graph's bound cache inputs that do not exist (an ONNX Runtime error at the
+    first token); below it, leaves inputs unbound."""
+    manifest = _manifest(copy)
+    manifest["decoder"]["num_layers"] = layers
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=f"decoder.onnx .*'decoder' graph .*{words}"):
+        mmedge.load(copy, verify=False)
+
+
 def _drop(table, key):
     del table[key]
 

@@ -163,7 +163,7 @@ def open_bundle(root: str | Path, verify: bool = True) -> Bundle:
     if verify:
         _verify_files(root, files)
     for name, comp in manifest["components"].items():
-        _check_graph(root, real_root, name, comp, files)
+        _check_graph(root, real_root, name, comp, files, manifest)
     return Bundle(root=root, manifest=manifest)
 
 
@@ -426,9 +426,9 @@ def _external_locations(model: memoryview) -> set[str]:
     return locations
 
 
-def _bf16_values(model: memoryview) -> list[str]:
-    """Names of the main graph's inputs and outputs whose tensor element type is bfloat16."""
-    found = []
+def _graph_values(model: memoryview) -> tuple[list[str], list[str]]:
+    """(input names, names of inputs and outputs whose element type is bfloat16) of the main graph."""
+    inputs, bf16 = [], []
     for number, wire, graph in _fields(model):
         if number != 7 or wire != 2:
             continue
@@ -443,15 +443,29 @@ def _bf16_values(model: memoryview) -> list[str]:
                     for n2, w2, tensor in _fields(v):
                         if n2 == 1 and w2 == 2:
                             elem = next((x for n3, w3, x in _fields(tensor) if n3 == 1 and w3 == 0), None)
+            if field_no == 11:
+                inputs.append(name)
             if elem == _ONNX_BFLOAT16:
-                found.append(name)
-    return found
+                bf16.append(name)
+    return inputs, bf16
+
+
+# The inputs the runtime feeds each component's graph (any one of a set of alternatives): a graph
+# without them is another component's, or another tool's.
+_GRAPH_INPUTS = {
+    "decoder": [("inputs_embeds",), ("attention_mask",), ("past_key_values.0.key",)],
+    "embed": [("input_ids",)],
+    "text": [("input_ids",)],
+    "vision": [("patch_tokens", "pixel_values")],
+    "image": [("patch_tokens", "pixel_values")],
+}
 
 
 def _check_graph(root: Path, real_root: Path, name: str, comp: dict[str, Any],
-                 files: dict[str, Any]) -> None:
+                 files: dict[str, Any], manifest: dict[str, Any]) -> None:
     """Refuses a component's graph whose external data leaves the bundle or is not in the
-    manifest's files, or whose inputs or outputs are bfloat16."""
+    manifest's files, whose inputs or outputs are bfloat16, or that lacks the inputs the runtime
+    feeds that component (a decoder: one KV-cache pair per layer the manifest counts)."""
     rel = comp["file"]
     path = root / rel
     if not path.is_file():
@@ -461,7 +475,7 @@ def _check_graph(root: Path, real_root: Path, name: str, comp: dict[str, Any],
             view = memoryview(data)
             try:
                 locations = _external_locations(view)
-                bf16 = _bf16_values(view)
+                inputs, bf16 = _graph_values(view)
             finally:
                 view.release()
     except _WireError as e:
@@ -472,6 +486,20 @@ def _check_graph(root: Path, real_root: Path, name: str, comp: dict[str, Any],
                           f"({e}). Re-run `mmedge export`.") from None
     if bf16:
         raise _bf16_error(root, name, ", ".join(bf16[:4]), f"the graph {rel}")
+    missing = [" or ".join(alts) for alts in _GRAPH_INPUTS.get(name, [])
+               if not any(a in inputs for a in alts)]
+    if name == "decoder" and not missing:
+        layers = manifest["decoder"]["num_layers"]
+        want = [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+        missing = [w for w in want if w not in inputs][:2]
+        extra = sum(1 for i in inputs if i.startswith("past_key_values.")) - len(want)
+        if not missing and extra:
+            missing = [f"no more than {len(want)} past_key_values inputs (decoder.num_layers "
+                       f"{layers}; the graph has {len(want) + extra})"]
+    if missing:
+        raise BundleError(f"{rel} in {root} is not the '{name}' graph the manifest says: it lacks "
+                          f"{', '.join(missing)} (its inputs: {', '.join(inputs[:6]) or 'none'}). "
+                          f"The bundle is damaged or mixed up; re-run `mmedge export`.")
     for location in sorted(locations):
         what = f"the external data of {rel} (component '{name}')"
         # Stricter than ONNX, which resolves a location against the graph's folder and allows
