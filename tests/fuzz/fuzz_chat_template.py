@@ -35,32 +35,6 @@ WORDS = ["type", "text", "image", "video", "content", "role", "tool_calls", "fun
          "<|im_start|>", "{{", "{%", "\n", "image_url", "url"]
 
 
-# Findings reported to the owner of mmedge/text/ and not fixed yet, so that a fuzz run stops only
-# on new ones. tests/fuzz/test_fuzz_harnesses.py holds each as a strict xfail: it starts failing
-# the day the fix lands, and then this allowance must go.
-KNOWN_OPEN = [
-    "A Python error raised while the template runs (TypeError: can only concatenate str (not "
-    "'list') to str, when SmolLM2's template meets a message whose content is a list; likewise "
-    "KeyError/AttributeError/ValueError from a template's own operations) escapes "
-    "ChatTemplate.render: it catches only jinja2.TemplateError, so the caller gets a bare "
-    "TypeError instead of a PromptError.",
-]
-
-
-def raised_by_template_code(exc: BaseException) -> bool:
-    """Whether `exc` is a plain Python error raised inside the compiled template (KNOWN_OPEN)."""
-    import jinja2
-
-    if isinstance(exc, jinja2.TemplateError):
-        return False
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == "<template>":
-            return True
-        tb = tb.tb_next
-    return False
-
-
 def setup(work: Path) -> None:
     if TEMPLATES:
         return
@@ -116,12 +90,7 @@ def one_input(data: bytes) -> None:
         kwargs["documents"] = [json_value(b, 1, WORDS) for _ in range(b.int(3))]
     if b.int(8) == 0:
         kwargs["enable_thinking"] = json_value(b, 2, WORDS)
-    try:
-        out = template.render(messages, **kwargs)   # PromptError: allowed
-    except Exception as exc:   # noqa: BLE001
-        if raised_by_template_code(exc):
-            return   # KNOWN_OPEN below: reported, not yet fixed
-        raise
+    out = template.render(messages, **kwargs)   # PromptError: allowed
     if not isinstance(out, str):
         raise AssertionError(f"render returned {type(out).__name__}")
 

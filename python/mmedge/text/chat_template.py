@@ -67,7 +67,7 @@ class ChatTemplate:
                                          add_generation_prompt=add_generation_prompt, **variables)
         except jinja2.TemplateError as e:
             raise PromptError(f"The model's chat template rejected the conversation: {e}") from e
-        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+        except Exception as e:  # noqa: BLE001 - the bundle's template code, run on the caller's data
             # A template written for string contents given a list of parts, say.
             raise PromptError(f"The model's chat template cannot render this conversation "
                               f"({type(e).__name__}: {e}); check the messages' shape (this model "
