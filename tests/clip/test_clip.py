@@ -715,3 +715,20 @@ def measure_quantized(seeds: range = range(4)) -> None:
 
 if __name__ == "__main__":
     measure_quantized()
+
+
+def test_contact_sheet_reads_hits_through_mmedges_loader(tmp_path):
+    from PIL import Image
+
+    from mmedge.clip.contact_sheet import MISSING, TILE, write_contact_sheet
+
+    strip = tmp_path / "strip.png"
+    Image.fromarray(np.full((1, 4000, 3), 200, dtype=np.uint8)).save(strip)   # shrinks to 0 rows
+    eps = tmp_path / "doc.eps"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")  # never Ghostscript
+    out = write_contact_sheet(tmp_path / "hits.png", [(str(strip), 0.9), (str(eps), 0.8),
+                                                        (str(tmp_path / "gone.png"), 0.7)], "a query")
+    sheet = np.asarray(Image.open(out).convert("RGB"))
+    # Tiles 2 and 3 (the EPS file and the missing one) are the grey "unreadable"/"missing" boxes.
+    for column in (2, 3):
+        assert tuple(sheet[TILE // 2 + 40, column * TILE + TILE // 2]) == MISSING[:3]

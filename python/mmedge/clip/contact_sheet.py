@@ -21,7 +21,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from mmedge.errors import MMEdgeError
+from mmedge.errors import ImageError, MMEdgeError
+from mmedge.vision.image import load_image
 
 __all__ = ["write_contact_sheet", "sheet_size", "TILE", "CAPTION_HEIGHT", "COLUMNS"]
 
@@ -90,17 +91,15 @@ def _paste_thumbnail(sheet: Image.Image, draw: ImageDraw.ImageDraw, font: Any,
     when it cannot be read."""
     x, y = xy
     try:
-        if isinstance(source, Image.Image):
-            image = source.copy()
-        else:
-            with Image.open(source) as im:
-                image = ImageOps.exif_transpose(im)
-                image.load()
-        image = image.convert("RGB")
+        # mmedge's own loader: its format allowlist, pixel limit and EXIF orientation.
+        image = load_image(source)
         image = ImageOps.contain(image, (TILE - 8, TILE - 8))   # shrunk or enlarged to fit
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        if min(image.size) < 1:   # a 1x20000 strip: at least one pixel across
+            image = image.resize((max(1, image.width), max(1, image.height)))
+    except (ImageError, OSError, ValueError, Image.DecompressionBombError):
         draw.rectangle((x + 4, y + 4, x + TILE - 5, y + TILE - 5), fill=MISSING)
-        why = "missing" if isinstance(e, FileNotFoundError) else "unreadable"
+        why = ("missing" if isinstance(source, (str, os.PathLike)) and not Path(source).exists()
+               else "unreadable")
         lines = textwrap.wrap(name, width=max(8, (TILE - 16) // _char_width(draw, font)))
         _text_lines(draw, font, (x + 8, y + 8), [why, *lines[:8]], TILE - 16)
         return
