@@ -23,7 +23,6 @@ difference no quantization could explain (a layout mistake) fails the export.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx

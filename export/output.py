@@ -23,7 +23,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from mmedge.bundle import FORMAT_VERSION, MANIFEST_NAME
+from mmedge.bundle import MANIFEST_NAME
 from mmedge.errors import ExportError
 
 _SHOWN = 5   # entries named when refusing a folder
