@@ -2,10 +2,11 @@
 `mmedge.load` returns for every bundle but CLIP/SigLIP).
 
 Builds the prompt (chat template, message text kept as text, one image placeholder per image
-expanded to the model's image token count), turns each image into features (the native
-patch-embedding kernel, then the vision graph; features are cached by image content), writes them
-into the embedding sequence at the image-token positions, and hands the result to the generation
-loop in a KV cache of the call's own.
+expanded to the image's tokens by the family's image layout, see mmedge.vision.layouts), turns
+each image into features (its tiles through the native patch-embedding kernel, then the vision
+graph, then the layout's assembly; features are cached by image content), writes them into the
+embedding sequence at the image-token positions, and hands the result to the generation loop in a
+KV cache of the call's own.
 
 Several generations never share state: each call takes a cache from the model's pool, at most
 `parallel` at once (a further call waits, or is refused with a `BusyError` when waiting could
@@ -69,14 +70,18 @@ class Model:
         self.image_spec = bundle.image
         self._vision = None
         self._vision_input = None
+        self.layout = None
         self.image_features = ImageFeatureCache(max_images=image_cache)
         if self.image_spec is not None:
             from mmedge.vision.inputs import VisionInput
+            from mmedge.vision.layouts import image_layout
 
+            self.layout = image_layout(self.image_spec, self.tokenizer, bundle.root)
             self._vision = open_session(bundle.path_of("vision"), self.device, threads,
                                         spinning=False)
             self._vision_input = VisionInput(bundle.root, bundle.manifest,
-                                             self._vision.get_inputs()[0].name, threads=threads)
+                                             self._vision.get_inputs()[0].name, threads=threads,
+                                             spec=self.layout.tile_spec)
         self.last_stats = GenerationStats()
         self._stats_lock = threading.Lock()
 
@@ -100,20 +105,43 @@ class Model:
 
     def encode_images(self, images: Sequence[Any]) -> np.ndarray:
         """Images (paths, bytes, PIL images or HxWxC arrays) -> features
-        [n_images, image_tokens, hidden] in the language model's embedding space."""
-        return self._vision.run(None, self.vision_input(images))[0]
+        [n_images, image_tokens, hidden] in the language model's embedding space (images whose
+        layouts differ in token count: use `image_features_of` one by one)."""
+        loaded, _ = self._load_images(_image_list(images))
+        features = [self._encode_one(image, self.plan_image(image), GenerationStats())
+                    for image in loaded]
+        if len({f.shape for f in features}) > 1:
+            raise PromptError("These images take different numbers of image tokens in this model; "
+                              "encode them one at a time with image_features_of.")
+        return np.stack(features)
+
+    def image_features_of(self, image: Any) -> np.ndarray:
+        """One image -> its features [image_tokens, hidden], as they enter the prompt."""
+        loaded, _ = self._load_images([image])
+        return self._encode_one(loaded[0], self.plan_image(loaded[0]), GenerationStats())
+
+    def plan_image(self, image: Any):
+        """How the image layout splits one image into tiles and prompt tokens (an ImagePlan)."""
+        self._require_vision()
+        if not isinstance(image, Image.Image):
+            image = self._load_images([image])[0][0]
+        return self.layout.plan(image)
 
     def vision_input(self, images: Sequence[Any]) -> dict[str, np.ndarray]:
-        """Images -> the vision graph's input: patch tokens [n, tokens, D] from the patch-embedding
-        kernel (`pixel_values` for a bundle whose graph includes the patch embedding)."""
-        self._require_vision()
-        return self._vision_input(images)
+        """Images -> the vision graph's input for all their tiles: patch tokens [tiles, tokens, D]
+        from the patch-embedding kernel (`pixel_values` for a bundle whose graph includes the
+        patch embedding)."""
+        return self._vision_input(self._tiles(images))
 
     def preprocess(self, images: Sequence[Any]) -> np.ndarray:
-        """Images -> `pixel_values` [n, 3, H, W] float32, as transformers' image processor makes
-        them (what the reference model takes; the bundle's own path fuses this into the kernel)."""
+        """Images -> `pixel_values` [tiles, 3, H, W] float32 for all their tiles in order (one
+        per image in the "single" layout), as transformers' image processor makes them (what the
+        reference model takes; the bundle's own path fuses this into the kernel)."""
+        return self._vision_input.preprocessor(self._tiles(images))
+
+    def _tiles(self, images: Sequence[Any]) -> list[Any]:
         self._require_vision()
-        return self._vision_input.preprocessor(images)
+        return [tile for image in _image_list(images) for tile in self.plan_image(image).tiles]
 
     def _require_vision(self) -> None:
         if not self.accepts_images:
@@ -130,12 +158,15 @@ class Model:
         messages = [{"role": "system", "content": system}] if system else []
         return messages + [{"role": "user", "content": content}]
 
-    def prompt_ids(self, messages: list[Message], n_images: int, *,
+    def prompt_ids(self, messages: list[Message], images: Sequence[Any] | int = (), *,
                    control_tokens_in_text: bool = False) -> list[int]:
         """Render the chat template, tokenize (message text stays text: see
-        mmedge.text.conversation), and expand each image placeholder to the model's image-token
-        count. Raises PromptError on a mismatch between placeholders and images."""
-        if n_images and self.image_spec is None:
+        mmedge.text.conversation), and expand each image placeholder to that image's tokens
+        (`images`: the images or their `plan_image` plans, in order; for a bundle whose images
+        all take the same tokens, their count will do). Raises PromptError on a mismatch between
+        placeholders and images."""
+        plans = self._plans(images)
+        if plans and self.image_spec is None:
             raise PromptError("This bundle is text-only; it cannot take images. Drop the images, "
                               "or export a vision-language model.")
         ids = encode_conversation(self.chat_template, self.tokenizer, messages,
@@ -144,19 +175,32 @@ class Model:
             return ids
         image_id = self.image_spec["image_token_id"]
         placeholders = sum(1 for i in ids if i == image_id)
-        if placeholders != n_images:
+        if placeholders != len(plans):
             raise PromptError(f"The prompt has {placeholders} image placeholder(s) "
-                              f"({self.image_spec['image_token']}) but {n_images} image(s) were "
+                              f"({self.image_spec['image_token']}) but {len(plans)} image(s) were "
                               f"given; give one image per placeholder.")
-        n = self.image_spec["num_image_tokens"]
         expanded: list[int] = []
+        pending = iter(plans)
         for i in ids:
-            expanded.extend([image_id] * n if i == image_id else [i])
+            expanded.extend(next(pending).token_ids if i == image_id else [i])
         return expanded
+
+    def _plans(self, images: Sequence[Any] | int) -> list[Any]:
+        from mmedge.vision.layouts import ImagePlan
+
+        if isinstance(images, (int, np.integer)) and not isinstance(images, bool):
+            if images:
+                self._require_vision()
+            if images and self.layout.name != "single":
+                raise PromptError("This model's images take a number of tokens that depends on "
+                                  "their size; pass the images themselves, not their count.")
+            return [self.layout.plan(None) for _ in range(int(images))] if images else []
+        return [image if isinstance(image, ImagePlan) else self.plan_image(image)
+                for image in _image_list(images)]
 
     def count_tokens(self, messages: list[Message], images: Sequence[Any] = ()) -> int:
         """How many positions of the context a conversation takes (images included)."""
-        return len(self.prompt_ids(messages, len(_image_list(images))))
+        return len(self.prompt_ids(messages, images))
 
     def prompt_embeddings(self, ids: Sequence[int], features: np.ndarray | None) -> np.ndarray:
         """Token embeddings of `ids` with image features [slots, hidden] written, in order, into
@@ -229,16 +273,16 @@ class Model:
         with self._stats_lock:
             self.last_stats = stats
         started = time.perf_counter()
-        ids = self.prompt_ids(messages, len(images), control_tokens_in_text=control_tokens_in_text)
-        if len(ids) >= self.context_length:
-            raise PromptError(f"The prompt is {len(ids)} tokens but the model's context holds "
-                              f"{self.context_length}; shorten the prompt or use fewer images.")
         loaded, image_keys = self._load_images(images)
-        keys = self._position_keys(ids, image_keys)
+        plans = [self.layout.plan(image) for image in loaded]
+        ids = self.prompt_ids(messages, plans, control_tokens_in_text=control_tokens_in_text)
+        if len(ids) >= self.context_length:
+            raise PromptError(self._too_long(len(ids), plans))
+        keys = self._position_keys(ids, image_keys, plans)
         room = min(config.max_new_tokens, self.context_length - len(ids))
         cache, reused = self.caches.acquire(keys, len(ids) + room, reuse=reuse)
         try:
-            features = self._features_from(reused, ids, loaded, image_keys, stats, reuse)
+            features = self._features_from(reused, ids, loaded, plans, image_keys, stats, reuse)
             embeds = self.prompt_embeddings(ids[reused:], features)
         except BaseException:
             cache.truncate(0)
@@ -259,52 +303,69 @@ class Model:
                   for image in images]
         return loaded, [image_key(image) for image in loaded]
 
-    def _position_keys(self, ids: list[int], image_keys: list[str]) -> list[Hashable]:
+    def _too_long(self, n_ids: int, plans: list[Any]) -> str:
+        message = (f"The prompt is {n_ids} tokens but the model's context holds "
+                   f"{self.context_length}")
+        image_tokens = sum(len(plan.token_ids) for plan in plans)
+        if not image_tokens:
+            return message + "; shorten the prompt."
+        each = "; ".join(f"image {k + 1}: {self.layout.describe(plan)}" for k, plan in enumerate(plans))
+        return (f"{message}, {image_tokens} of them for the images ({each}). Use fewer or smaller "
+                "images (a tiling model gives a smaller image fewer tiles), or shorten the prompt.")
+
+    def _position_keys(self, ids: list[int], image_keys: list[str], plans: list[Any]) -> list[Hashable]:
         """What each prompt position holds: its token id, or (image hash, feature index)."""
         if not image_keys:
             return list(ids)
-        image_id, n = self.image_spec["image_token_id"], self.image_spec["num_image_tokens"]
+        image_id = self.image_spec["image_token_id"]
+        owner = [(k, s) for k, plan in enumerate(plans) for s in range(plan.num_slots)]
         keys: list[Hashable] = []
         slot = 0
         for i in ids:
             if i == image_id:
-                keys.append((image_keys[slot // n], slot % n))
+                image, index = owner[slot]
+                keys.append((image_keys[image], index))
                 slot += 1
             else:
                 keys.append(i)
         return keys
 
     def _features_from(self, start: int, ids: list[int], images: list[Image.Image],
-                       image_keys: list[str], stats: GenerationStats, reuse: bool) -> np.ndarray | None:
+                       plans: list[Any], image_keys: list[str], stats: GenerationStats,
+                       reuse: bool) -> np.ndarray | None:
         """Features [slots, hidden] for the image slots at positions >= `start` (an image the
         cache holds entirely is not encoded again), from the feature cache where it has them."""
         if not images:
             return None
-        n = self.image_spec["num_image_tokens"]
-        slots = np.flatnonzero(np.asarray(ids) == self.image_spec["image_token_id"])
-        first_needed = int(np.searchsorted(slots, start))   # slot index of the first slot >= start
+        # Slots in the reused prefix, then the image that holds the first slot after it.
+        reused_slots = int(np.count_nonzero(np.asarray(ids[:start]) == self.image_spec["image_token_id"]))
+        first, skip = len(images), 0
+        for index, seen in enumerate(np.cumsum([0] + [plan.num_slots for plan in plans])[:-1]):
+            if reused_slots < seen + plans[index].num_slots:
+                first, skip = index, reused_slots - int(seen)
+                break
         parts = []
-        for index in range(first_needed // n, len(images)):
+        for index in range(first, len(images)):
             features = self.image_features.get(image_keys[index]) if reuse else None
             if features is None:
-                features = self._encode_one(images[index], stats)
+                features = self._encode_one(images[index], plans[index], stats)
                 self.image_features.put(image_keys[index], features)
             else:
                 stats.cached_images += 1
             parts.append(features)
-        stats.image_tokens = len(slots)
+        stats.image_tokens = sum(plan.num_slots for plan in plans)
         if not parts:       # every image lies in the reused prefix
             return None
-        return np.concatenate(parts)[first_needed - (first_needed // n) * n:]
+        return np.concatenate(parts)[skip:]
 
-    def _encode_one(self, image: Image.Image, stats: GenerationStats) -> np.ndarray:
-        # One image per run: its features do not depend on which other images share the batch,
-        # so a cached image's features equal those of a fresh encode.
+    def _encode_one(self, image: Image.Image, plan: Any, stats: GenerationStats) -> np.ndarray:
+        # One image per run (its tiles batched): its features do not depend on which other
+        # images share the batch, so a cached image's features equal those of a fresh encode.
         t = time.perf_counter()
-        feed = self._vision_input([image])          # preprocessing and patch embedding, fused
+        feed = self._vision_input(plan.tiles)      # preprocessing and patch embedding, fused
         stats.preprocess_ms += (time.perf_counter() - t) * 1e3
         t = time.perf_counter()
-        features = self._vision.run(None, feed)[0][0]
+        features = self.layout.assemble(plan, self._vision.run(None, feed)[0])
         stats.encode_ms += (time.perf_counter() - t) * 1e3
         return features
 

@@ -87,8 +87,11 @@ class VisionInput:
     """Images -> {input name: array} for a bundle's image graph (see the module doc)."""
 
     def __init__(self, root: Path, manifest: Mapping[str, Any], input_name: str, *,
-                 threads: int | None = None, prefer_kernel: bool = True):
-        spec = manifest["image"]
+                 threads: int | None = None, prefer_kernel: bool = True,
+                 spec: Mapping[str, Any] | None = None):
+        # `spec`: what each image is preprocessed with, when it is not the manifest's own "image"
+        # entry (a tiling layout's per-tile spec; see mmedge.vision.layouts).
+        spec = manifest["image"] if spec is None else spec
         self.preprocessor = ImagePreprocessor(spec)
         self.input_name = input_name
         self.threads = threads or 0

@@ -1,0 +1,91 @@
+"""How one image becomes the image graph's tiles and the prompt's image tokens, one module per
+model family's image layout (the manifest's image["layout"]):
+
+- "single" (LLaVA-1.5, LLaVA-interleave): the whole image, resized and cropped to the tower's size,
+  one placeholder -> `num_image_tokens` image tokens.
+- "idefics3" (SmolVLM, SmolVLM2, Idefics3): the image resized by its longest edge, split into
+  tower-sized tiles plus a downscaled global view; per tile `tokens_per_tile` image tokens between
+  `<fake_token_around_image>` and `<row_i_col_j>` / `<global-img>` tags.
+- "anyres" (LLaVA-OneVision): a grid of tiles chosen from the checkpoint's pinpoints plus the base
+  image; the tile features are stitched into one map, unpadded and given a newline row marker.
+
+A layout gives, for each image, an `ImagePlan`: the tiles (uint8 RGB arrays, or PIL images for
+"single" where the patch-embedding kernel does the resize), the token ids that replace the image's
+placeholder in the prompt (the image token id marks a feature slot), and the number of slots.
+`assemble` turns the image graph's outputs for the tiles into the features of those slots, in order.
+Nothing here imports torch or `mmedge.export`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from mmedge.errors import BundleError
+
+__all__ = ["ImagePlan", "ImageLayout", "image_layout", "LAYOUTS"]
+
+# layout name -> "module:class" under this package
+LAYOUTS = {
+    "single": "single:SingleLayout",
+    "idefics3": "idefics3:Idefics3Layout",
+    "anyres": "anyres:AnyresLayout",
+}
+
+
+@dataclass
+class ImagePlan:
+    tiles: list[Any]               # what the image graph's input is computed from, one per run
+    token_ids: list[int]           # replaces the image's placeholder in the prompt ids
+    num_slots: int                 # how many of token_ids are the image token (feature slots)
+    grid: dict[str, Any] = field(default_factory=dict)   # the layout's own bookkeeping
+    size: tuple[int, int] = (0, 0)                        # the image's (height, width)
+
+
+class ImageLayout:
+    """The interface; see the module doc. `tile_spec` is the manifest-style "image" dict every
+    tile is preprocessed with (by `mmedge.vision.inputs.VisionInput`)."""
+
+    name = ""
+
+    def __init__(self, spec: Mapping[str, Any], tokenizer: Any, root: Path):
+        self.spec = spec
+        self.tokenizer = tokenizer
+        self.root = root
+        self.image_token_id = int(spec["image_token_id"])
+
+    @property
+    def tile_spec(self) -> Mapping[str, Any]:
+        raise NotImplementedError
+
+    def plan(self, image: Image.Image) -> ImagePlan:
+        raise NotImplementedError
+
+    def assemble(self, plan: ImagePlan, tile_features: np.ndarray) -> np.ndarray:
+        """Image-graph outputs [tiles, tokens, hidden] -> slot features [num_slots, hidden]."""
+        features = tile_features.reshape(-1, tile_features.shape[-1])
+        if len(features) != plan.num_slots:
+            raise BundleError(f"the image graph gave {len(features)} feature rows for an image "
+                              f"with {plan.num_slots} image tokens; the bundle is damaged. "
+                              "Re-run `mmedge export`.")
+        return features
+
+    def describe(self, plan: ImagePlan) -> str:
+        """How the image was laid out, for error messages ("4x3 tiles + global view")."""
+        return f"{plan.num_slots} image tokens"
+
+
+def image_layout(spec: Mapping[str, Any], tokenizer: Any, root: Path) -> ImageLayout:
+    """The layout a manifest's "image" entry names (bundles from before layouts: "single")."""
+    name = spec.get("layout", "single")
+    if name not in LAYOUTS:
+        raise BundleError(f"the bundle's image layout {name!r:.40} is not one this mmedge knows "
+                          f"({', '.join(sorted(LAYOUTS))}); upgrade mmedge or re-export the bundle.")
+    module, cls = LAYOUTS[name].split(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)(spec, tokenizer, root)
