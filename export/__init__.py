@@ -99,7 +99,8 @@ def _export_into(model: str, staging: Path, scratch: Path, precision: str, visio
             from .parity import check_parity
 
             ctx.manifest["exporter"]["parity"] = check_parity(
-                ctx.out_dir, ctx.reference, precision, with_image="image" in ctx.manifest)
+                ctx.out_dir, ctx.reference, precision, with_image="image" in ctx.manifest,
+                **({"make_inputs": recipe.reference_inputs} if hasattr(recipe, "reference_inputs") else {}))
         write_manifest(ctx.out_dir, ctx.manifest)
     bar.set_postfix_str("done")
     bar.update(bar.total - bar.n)

@@ -29,8 +29,20 @@ def parity_image(height: int = 240, width: int = 320) -> np.ndarray:
     return image
 
 
+def reference_inputs(runtime, ids: list[int], images: list[Any]) -> dict[str, Any]:
+    """The torch model's inputs for a prompt: its ids, and the pixels of its images as the
+    runtime preprocessed them (one [3, H, W] per image: LLaVA-1.5's layout). A family whose
+    model takes pixels otherwise gives its recipe a `reference_inputs` of its own."""
+    import torch
+
+    inputs: dict[str, Any] = {"input_ids": torch.tensor([ids])}
+    if images:
+        inputs["pixel_values"] = torch.from_numpy(runtime.preprocess(images))
+    return inputs
+
+
 def check_parity(bundle_dir, reference, precision: str, with_image: bool,
-                 tokens: int = PARITY_TOKENS) -> dict[str, Any]:
+                 tokens: int = PARITY_TOKENS, make_inputs=reference_inputs) -> dict[str, Any]:
     import torch
 
     import mmedge
@@ -39,11 +51,9 @@ def check_parity(bundle_dir, reference, precision: str, with_image: bool,
     images = [parity_image()] if with_image else []
     prompt = PARITY_IMAGE_PROMPT if with_image else PARITY_PROMPT
     messages = runtime.build_messages(prompt, len(images))
-    ids = runtime.prompt_ids(messages, len(images))
+    ids = runtime.prompt_ids(messages, images)
 
-    inputs: dict[str, Any] = {"input_ids": torch.tensor([ids])}
-    if images:
-        inputs["pixel_values"] = torch.from_numpy(runtime.preprocess(images))
+    inputs = make_inputs(runtime, ids, images)
     with torch.no_grad():
         torch_logits = reference(**inputs).logits[0, -1].float().numpy()
         eos = runtime.tokenizer.eos_token_ids

@@ -8,12 +8,14 @@ entry are the family recipe's business, not this module's.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from mmedge.errors import UnsupportedModelError
+from mmedge.errors import ExportError, UnsupportedModelError
 
-__all__ = ["image_spec_from_hf"]
+__all__ = ["image_spec_from_hf", "read_image_processor_config"]
 
 # Each processor's class defaults in transformers 5 (CLIPImageProcessor, SiglipImageProcessor),
 # used where the config leaves a key out or sets it to null, as transformers does.
@@ -61,6 +63,44 @@ _VISION_MODEL_TYPES = {
     "siglip_vision_model": "siglip",
     "siglip": "siglip",
 }
+
+
+def read_image_processor_config(folder: Path) -> dict[str, Any]:
+    """The checkpoint's image processor config, wherever it is: `preprocessor_config.json`
+    (transformers 4 and most of the Hub) or the "image_processor" entry of
+    `processor_config.json` (what `save_pretrained` of a processor writes in transformers 5).
+    Where both exist the standalone file wins, as in transformers' AutoImageProcessor."""
+    standalone = folder / "preprocessor_config.json"
+    if standalone.is_file():
+        return _read_json(standalone)
+    nested = folder / "processor_config.json"
+    if nested.is_file():
+        entry = _read_json(nested).get("image_processor")
+        if isinstance(entry, dict):
+            return entry
+        raise ExportError(f"{nested} has no \"image_processor\" entry and there is no "
+                          "preprocessor_config.json beside it, so the image preprocessing cannot be "
+                          "known. Save the processor with the model (processor.save_pretrained).")
+    raise ExportError(f"{folder} has neither preprocessor_config.json nor processor_config.json, so "
+                      "the image preprocessing cannot be known. Save the processor with the model "
+                      "(processor.save_pretrained), or copy those files from the original checkpoint.")
+
+
+def read_processor_config(folder: Path) -> dict[str, Any]:
+    """`processor_config.json` (the processor's own keys, e.g. image_seq_len), or {}."""
+    path = folder / "processor_config.json"
+    return _read_json(path) if path.is_file() else {}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExportError(f"{path} cannot be read as JSON ({exc}); fix or re-download it.") from None
+    if not isinstance(value, dict):
+        raise ExportError(f"{path} holds a JSON {type(value).__name__}, not an object; fix or "
+                          "re-download it.")
+    return value
 
 
 def image_spec_from_hf(

@@ -3,7 +3,9 @@
 A recipe module exposes `export(ctx: ExportContext) -> None`, filling `ctx.manifest` and writing
 graphs into `ctx.out_dir`, and `load_reference(folder)` returning the torch model the parity check
 compares against. A recipe may also expose `check_parity(ctx) -> dict` (the figures for the
-manifest); without one, the export runs the generation parity check of `mmedge.export.parity`.
+manifest); without one, the export runs the generation parity check of `mmedge.export.parity`,
+with the torch model's inputs from the recipe's `reference_inputs(runtime, ids, images)` where it
+has one (a model that takes its images' tiles in its own shape).
 Adding a family means adding one file here and one line to FAMILIES.
 """
 

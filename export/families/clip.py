@@ -27,7 +27,6 @@ with the torch model; an fp32 bundle below cosine 0.99999 fails the export.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from mmedge.errors import ExportError, UnsupportedModelError
 
 from ..context import ExportContext
 from ..onnx_utils import graph_signature, quiet_torch_export
-from ..preprocessing import image_spec_from_hf
+from ..preprocessing import image_spec_from_hf, read_image_processor_config
 from ..text_spec import TOKENIZER_FILE, load_tokenizer
 from .. import patch_embedding, vision
 from ..vision import SAMPLE_BATCH, quantize_vision
@@ -180,11 +179,7 @@ def export(ctx: ExportContext) -> None:
     config = ctx.source.config
     ctx.manifest["family"] = "clip"
 
-    preprocessor_path = ctx.source.folder / "preprocessor_config.json"
-    if not preprocessor_path.exists():
-        raise ExportError(f"{ctx.source.folder} has no preprocessor_config.json; the image "
-                          f"preprocessing cannot be known.")
-    image = image_spec_from_hf(json.loads(preprocessor_path.read_text()), config["vision_config"])
+    image = image_spec_from_hf(read_image_processor_config(ctx.source.folder), config["vision_config"])
     ctx.manifest["image"] = image
     text = _text_spec(ctx, kind, model.config.text_config.to_dict())
     ctx.manifest["text"] = text

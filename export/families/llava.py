@@ -10,14 +10,11 @@ preprocessing of the checkpoint's image processor.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-from mmedge.errors import ExportError
 
 from ..context import ExportContext
 from ..language_model import export_language_model
-from ..preprocessing import image_spec_from_hf
+from ..preprocessing import image_spec_from_hf, read_image_processor_config
 from ..patch_embedding import save_patch_weights
 from ..vision import export_vision, image_size, quantize_vision, vision_parity
 
@@ -66,11 +63,7 @@ def export(ctx: ExportContext) -> None:
         "inputs": vision["inputs"], "outputs": vision["outputs"]}
     ctx.manifest.setdefault("quantization", {})["vision"] = ctx.vision_precision
 
-    preprocessor_path = folder / "preprocessor_config.json"
-    if not preprocessor_path.exists():
-        raise ExportError(f"{folder} has no preprocessor_config.json; the image preprocessing "
-                          f"cannot be known.")
-    image = image_spec_from_hf(json.loads(preprocessor_path.read_text()), config["vision_config"])
+    image = image_spec_from_hf(read_image_processor_config(folder), config["vision_config"])
     image_token_id = config.get("image_token_id", config.get("image_token_index"))
     from transformers import AutoTokenizer
 

@@ -6,11 +6,13 @@ reads pickles (a bundle holds only ONNX, JSON, tokenizer and safetensors files).
 
 Format (FORMAT_VERSION 1), the fields a runtime relies on:
     format_version   int; a bundle newer than this runtime is refused
-    family           "llm" (decoder-only), "llava" (vision tower + projector + decoder) or
-                     "clip" (CLIP/SigLIP image + text towers, see mmedge.clip)
+    family           "llm" (decoder-only); a vision-language family (vision tower + projector +
+                     decoder): "llava" (LLaVA-1.5, interleave), "idefics3" (SmolVLM),
+                     "llava_onevision"; or "clip" (CLIP/SigLIP image + text towers, see mmedge.clip)
     components       {name: {"file": ..., "inputs": [...], "outputs": [...], "precision": ...}}
                      names: "vision", "embed", "decoder"; "image", "text" for "clip"
-    image            preprocessing parameters (see mmedge.vision.preprocess) and "patch_embedding":
+    image            "layout" (how an image becomes tiles and tokens, see mmedge.vision.layouts;
+                     "single" when absent), preprocessing parameters (see mmedge.vision.preprocess) and "patch_embedding":
                      {file, num_tokens, dim, patch_size, tensors}, the weights the runtime's
                      patch-embedding kernel turns frames into the image graph's `patch_tokens`
                      with (see mmedge.vision.inputs); VLM and CLIP bundles only
@@ -170,8 +172,9 @@ def open_bundle(root: str | Path, verify: bool = True) -> Bundle:
 # -- the manifest's shape -------------------------------------------------------------------------
 # A manifest is JSON an exporter wrote, so a few KB; anything near this is not one.
 MAX_MANIFEST_BYTES = 64 << 20
-FAMILIES = {"llm": ("embed", "decoder"), "llava": ("vision", "embed", "decoder"),
-            "clip": ("image", "text")}
+VLM_FAMILIES = ("llava", "idefics3", "llava_onevision")
+FAMILIES = {"llm": ("embed", "decoder"), "clip": ("image", "text"),
+            **{family: ("vision", "embed", "decoder") for family in VLM_FAMILIES}}
 # Graph element types the runtime has no path for: numpy has no bfloat16, so ONNX Runtime's
 # Python API can neither take nor return such a tensor.
 _UNSUPPORTED_DTYPES = {"bfloat16": "bfloat16", "tensor(bfloat16)": "bfloat16"}
@@ -249,24 +252,25 @@ def _check_manifest(manifest_path: Path, m: dict[str, Any]) -> None:
         raise bad("text.eos_token_ids", "a list of token ids", eos)
     for key in ("exporter", "quantization", "clip"):
         get(m, "", key, dict, "a table", optional=True)
-    if family in ("llm", "llava"):
+    if family == "llm" or family in VLM_FAMILIES:
         positive(text, "text.", "context_length")
         decoder = get(m, "", "decoder", dict, "a table")
         for key in ("num_layers", "num_kv_heads", "head_dim"):
             positive(decoder, "decoder.", key)
         if decoder.get("kv_dtype") in _UNSUPPORTED_DTYPES:
             raise _bf16_error(manifest_path.parent, "decoder", "its KV cache", "the manifest")
-    if family in ("llava", "clip"):
+    if family == "clip" or family in VLM_FAMILIES:
         image = get(m, "", "image", dict, "a table of preprocessing parameters")
         patch = get(image, "image.", "patch_embedding", dict, "a table", optional=True)
         if patch is not None:
             get(patch, "image.patch_embedding.", "file", str, "a file name")
             for key in ("num_tokens", "patch_size"):
                 positive(patch, "image.patch_embedding.", key)
-        if family == "llava":
+        if family in VLM_FAMILIES:
             get(image, "image.", "image_token_id", int, "a token id")
             get(image, "image.", "image_token", str, "the image token's text")
-            positive(image, "image.", "num_image_tokens")
+            if get(image, "image.", "layout", str, "a layout name", optional=True) in (None, "single"):
+                positive(image, "image.", "num_image_tokens")
     elif m.get("image") is not None:
         raise bad("image", f"absent in a '{family}' bundle (it has no vision graph)", m["image"])
 
