@@ -1,7 +1,7 @@
 """The language-model half every bundle shares: decoder graph, embedding graph, text section.
 
-Family recipes hand it an HF causal-LM folder (for LLaVA, the text model split out of the
-checkpoint) and the torch model whose input embeddings become `embed.onnx`.
+Family recipes hand it an HF causal-LM folder (for a VLM, the text model split out of the
+checkpoint by `split_text_model`) and the torch model whose input embeddings become `embed.onnx`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,26 @@ from .embed import build_embed
 from .text_spec import build_text_spec
 
 SUPPORTED_TEXT_MODELS = ("llama", "qwen2", "mistral")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                    "generation_config.json", "added_tokens.json")
+
+
+def split_text_model(text_model: Any, lm_head: Any, text_config: Any, target: Path,
+                     tokenizer_folder: Path) -> Path:
+    """Save a VLM's text model (the decoder stack without its head) + LM head as a standalone
+    causal-LM folder with the checkpoint's tokenizer files, for the decoder builder."""
+    from transformers import AutoModelForCausalLM
+
+    causal = AutoModelForCausalLM.from_config(text_config)
+    causal.model.load_state_dict(text_model.state_dict())
+    causal.lm_head.load_state_dict(lm_head.state_dict())
+    causal.config.architectures = [type(causal).__name__]
+    target.mkdir(parents=True, exist_ok=True)
+    causal.save_pretrained(str(target))
+    for name in _TOKENIZER_FILES:
+        if (tokenizer_folder / name).exists():
+            (target / name).write_bytes((tokenizer_folder / name).read_bytes())
+    return target
 
 
 def export_language_model(ctx: ExportContext, lm_folder: Path, causal_lm: Any,

@@ -115,8 +115,6 @@ def export_vision(model: torch.nn.Module, out_path: str | Path, opset: int = 23,
     shapes are not what the runtime expects (static batch, wrong token count or width).
     """
     _check_model(model)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
     wrapper = VisionEncoder(model).eval()
     param = next(model.model.multi_modal_projector.parameters())
@@ -125,12 +123,28 @@ def export_vision(model: torch.nn.Module, out_path: str | Path, opset: int = 23,
         sample, input_name = patch_embedding.sample_tokens(model, SAMPLE_BATCH), patch_embedding.TOKENS_INPUT
     else:
         sample, input_name = torch.randn(SAMPLE_BATCH, 3, h, w, dtype=param.dtype, device=param.device), "pixel_values"
+    with (patch_embedding.tokens_input(model) if tokens_input else contextlib.nullcontext()):
+        io = trace_image_graph(wrapper, sample, out_path, input_name, opset=opset,
+                               external_data=external_data)
+    n_tokens = num_image_tokens(model)
+    check_feature_shape(io, n_tokens, model.config.text_config.hidden_size)
+    return {**io, "num_image_tokens": n_tokens}
+
+
+def trace_image_graph(wrapper: torch.nn.Module, sample: torch.Tensor, out_path: str | Path,
+                      input_name: str, *, output_name: str = "image_features", opset: int = 23,
+                      external_data: bool | None = None) -> dict:
+    """torch.onnx (dynamo) export of an image graph `wrapper(sample) -> features` with a
+    symbolic batch dim (trace with a batch of at least 2); weights in the file unless they pass
+    1.5 GB (or `external_data`). Returns {"inputs": [...], "outputs": [...]} as read back from the
+    saved graph; raises ExportError on a failed export or a static batch dim."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with torch.no_grad(), quiet_torch_export(), \
-                (patch_embedding.tokens_input(model) if tokens_input else contextlib.nullcontext()):
+        with torch.no_grad(), quiet_torch_export():
             program = torch.onnx.export(
                 wrapper, (sample,), dynamo=True, opset_version=opset,
-                input_names=[input_name], output_names=["image_features"],
+                input_names=[input_name], output_names=[output_name],
                 dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
             )
     except Exception as e:  # torch.export / onnx conversion failures are many types
@@ -145,15 +159,18 @@ def export_vision(model: torch.nn.Module, out_path: str | Path, opset: int = 23,
 
     graph = onnx.load(str(out_path), load_external_data=False).graph
     io = {"inputs": _value_info(graph.input), "outputs": _value_info(graph.output)}
-    n_tokens = num_image_tokens(model)
-    text_hidden = model.config.text_config.hidden_size
     shapes = [io["inputs"][0]["shape"], io["outputs"][0]["shape"]] if graph.input and graph.output else []
     if len(shapes) != 2 or not all(isinstance(s[0], str) for s in shapes):
         raise ExportError(f"the exported vision graph has a static batch dim ({io}); "
                           "export with a batch > 1 sample and dynamic_shapes on dim 0")
-    if shapes[1][1:] != [n_tokens, text_hidden]:
-        raise ExportError(f"the vision graph outputs {shapes[1]}, expected [batch, {n_tokens}, {text_hidden}]")
-    return {**io, "num_image_tokens": n_tokens}
+    return io
+
+
+def check_feature_shape(io: dict, n_tokens: int, text_hidden: int) -> None:
+    """The image graph must output [batch, n_tokens, text_hidden] (what the runtime expects)."""
+    shape = io["outputs"][0]["shape"]
+    if shape[1:] != [n_tokens, text_hidden]:
+        raise ExportError(f"the vision graph outputs {shape}, expected [batch, {n_tokens}, {text_hidden}]")
 
 
 def _ort_session(onnx_path: str | Path):

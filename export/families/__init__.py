@@ -23,6 +23,8 @@ FAMILIES = {
     "Qwen2ForCausalLM": "llm",
     "MistralForCausalLM": "llm",
     "LlavaForConditionalGeneration": "llava",
+    "Idefics3ForConditionalGeneration": "idefics3",
+    "SmolVLMForConditionalGeneration": "idefics3",
     "CLIPModel": "clip",
     "SiglipModel": "clip",
 }

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..context import ExportContext
-from ..language_model import export_language_model
+from ..language_model import export_language_model, split_text_model
 from ..preprocessing import image_spec_from_hf, read_image_processor_config
 from ..patch_embedding import save_patch_weights
 from ..vision import export_vision, image_size, quantize_vision, vision_parity
@@ -26,23 +26,6 @@ def load_reference(folder: Path):
 
     return LlavaForConditionalGeneration.from_pretrained(str(folder), dtype="float32",
                                                          trust_remote_code=False).eval()
-
-
-def _split_text_model(model, target: Path, tokenizer_folder: Path) -> Path:
-    """Save LLaVA's text model + LM head as a standalone causal-LM folder."""
-    from transformers import AutoModelForCausalLM
-
-    causal = AutoModelForCausalLM.from_config(model.config.text_config)
-    causal.model.load_state_dict(model.model.language_model.state_dict())
-    causal.lm_head.load_state_dict(model.lm_head.state_dict())
-    causal.config.architectures = [type(causal).__name__]
-    target.mkdir(parents=True, exist_ok=True)
-    causal.save_pretrained(str(target))
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                 "generation_config.json", "added_tokens.json"):
-        if (tokenizer_folder / name).exists():
-            (target / name).write_bytes((tokenizer_folder / name).read_bytes())
-    return target
 
 
 def export(ctx: ExportContext) -> None:
@@ -74,7 +57,8 @@ def export(ctx: ExportContext) -> None:
     image["patch_embedding"] = save_patch_weights(model, ctx.out_dir, image_size(model))
     ctx.manifest["image"] = image
 
-    lm_folder = _split_text_model(model, ctx.workdir / "text-model", folder)
+    lm_folder = split_text_model(model.model.language_model, model.lm_head, model.config.text_config,
+                                 ctx.workdir / "text-model", folder)
     export_language_model(ctx, lm_folder, model, model.config.text_config.to_dict())
 
 

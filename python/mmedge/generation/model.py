@@ -84,6 +84,7 @@ class Model:
                                              spec=self.layout.tile_spec)
         self.last_stats = GenerationStats()
         self._stats_lock = threading.Lock()
+        self._template_needs_parts = _drops_string_content(self.chat_template)
 
     # -- properties a caller may want ---------------------------------------------------------
     @property
@@ -169,6 +170,8 @@ class Model:
         if plans and self.image_spec is None:
             raise PromptError("This bundle is text-only; it cannot take images. Drop the images, "
                               "or export a vision-language model.")
+        if self._template_needs_parts:
+            messages = [_as_parts(message) for message in messages]
         ids = encode_conversation(self.chat_template, self.tokenizer, messages,
                                   control_tokens_in_text=control_tokens_in_text)
         if self.image_spec is None:
@@ -383,3 +386,23 @@ def _image_list(images: Sequence[Any] | Any | None) -> list[Any]:
         return list(images)
     raise PromptError(f"images must be an image (a path, bytes, a PIL image or an HxWxC array) or "
                       f"a list of them, not {type(images).__name__}.")
+
+
+def _drops_string_content(template: ChatTemplate) -> bool:
+    """Whether the chat template renders only list-form content ([{"type": "text", ...}]) and
+    silently drops a plain string (SmolVLM's reads message['content'][0]['type'])."""
+    if not template.available:
+        return False
+    probe = "\ue000mmedge-probe\ue001"
+    try:
+        text = template.render([{"role": "user", "content": probe}], add_generation_prompt=True)
+    except Exception:   # noqa: BLE001 - a template that fails on strings needs parts as well
+        return True
+    return probe not in text
+
+
+def _as_parts(message: Message) -> Message:
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, str):
+        return {**message, "content": [{"type": "text", "text": content}]}
+    return message
