@@ -445,8 +445,12 @@ def test_unsupported_architecture_lists_supported(tmp_path):
     (folder / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"],
                                                     "model_type": "gpt2"}))
     (folder / "model.safetensors").write_bytes(b"")
-    with pytest.raises(UnsupportedModelError, match="LlavaForConditionalGeneration"):
+    with pytest.raises(UnsupportedModelError, match="LlavaForConditionalGeneration") as info:
         export_model(str(folder), tmp_path / "out", progress=False)
+    for supported in ("Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration",
+                      "CLIPModel", "Qwen2ForCausalLM"):
+        assert supported in str(info.value)
+    assert "README" in str(info.value)
 
 
 def test_remote_code_and_pickles_refused(tmp_path):

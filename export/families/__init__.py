@@ -36,5 +36,6 @@ def recipe_for(config: dict[str, Any]) -> ModuleType:
     if arch not in FAMILIES:
         supported = ", ".join(sorted(FAMILIES))
         raise UnsupportedModelError(f"mmedge cannot export {arch} yet. Supported architectures: "
-                                    f"{supported}.")
+                                    f"{supported} (the README's supported-models table says what "
+                                    "was verified for each).")
     return importlib.import_module(f"{__name__}.{FAMILIES[arch]}")

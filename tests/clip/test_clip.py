@@ -157,6 +157,17 @@ class Exported:
         return LABELS[self.tokenizer]
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_image_processor_nested_in_processor_config_exports(tmp_path, kind, export_tiny):
+    """A folder as transformers 5 saves it: the image processor inside processor_config.json."""
+    folder = build_tiny(kind, tmp_path / "hf")
+    nested = json.loads((folder / "preprocessor_config.json").read_text())
+    (folder / "preprocessor_config.json").unlink()
+    (folder / "processor_config.json").write_text(json.dumps({"image_processor": nested}))
+    manifest = export_model(str(folder), tmp_path / "bundle", parity=False, progress=False)
+    assert manifest["image"] == export_tiny(kind, "scene").manifest["image"]
+
+
 @pytest.fixture(scope="module")
 def export_tiny(tmp_path_factory):
     """Builds and exports each (kind, tokenizer) once for the whole module."""

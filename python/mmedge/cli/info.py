@@ -47,11 +47,19 @@ def format_info(info: dict[str, Any]) -> str:
         c = info["clip"]
         lines.append(f"embedding  {c['kind']}, {c['embed_dim']} dims, logit scale "
                      f"{c['logit_scale']:.4g}, bias {c['logit_bias']:.4g}")
-    if info["image"] and "num_image_tokens" in info["image"]:
-        im = info["image"]
+    im = info["image"] or {}
+    if "num_image_tokens" in im:
         lines.append(f"image      {im['processor']} preprocessing to {im['image_size'][0]}x"
                      f"{im['image_size'][1]}, {im['num_image_tokens']} tokens per image "
                      f"({im['image_token']})")
+    elif im.get("layout") == "idefics3":
+        split = (f"split into {im['max_image_size']['longest_edge']}px tiles + a global view"
+                 if im["do_image_splitting"] else "one tile")
+        lines.append(f"image      longest edge to {im['size']['longest_edge']}px, {split}, "
+                     f"{im['tokens_per_tile']} tokens per tile ({im['image_token']})")
+    elif im.get("layout"):
+        lines.append(f"image      {im['layout']} layout, {im['image_size'][0]}x{im['image_size'][1]} "
+                     f"tiles ({im.get('image_token', '')})")
     if info["image"] and "patch_embedding" in info["image"]:
         pe = info["image"]["patch_embedding"]
         lines.append(f"patches    {pe['num_tokens']} tokens x {pe['dim']} from {pe['patch_size']}px patches, "
