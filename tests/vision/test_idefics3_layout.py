@@ -98,6 +98,8 @@ def test_tiles_pixels_and_ids_equal_the_processor(tokenizer, case):
         expected = processor(text=PROMPT, images=[image], return_tensors="np")
         plan, ids = _ours(layout, tokenizer, image)
         where = f"{width}x{height}"
+        counted = layout.plan(image, tiles=False)      # what prompt counting uses: no resizing
+        assert (counted.token_ids, counted.num_slots, counted.tiles) == (plan.token_ids, plan.num_slots, [])
         assert ids == expected["input_ids"][0].tolist(), where
         pixels = expected["pixel_values"][0]
         assert len(plan.tiles) == len(pixels), where

@@ -109,8 +109,7 @@ class Model:
         [n_images, image_tokens, hidden] in the language model's embedding space (images whose
         layouts differ in token count: use `image_features_of` one by one)."""
         loaded, _ = self._load_images(_image_list(images))
-        features = [self._encode_one(image, self.plan_image(image), GenerationStats())
-                    for image in loaded]
+        features = [self._encode_one(image, GenerationStats()) for image in loaded]
         if len({f.shape for f in features}) > 1:
             raise PromptError("These images take different numbers of image tokens in this model; "
                               "encode them one at a time with image_features_of.")
@@ -119,14 +118,15 @@ class Model:
     def image_features_of(self, image: Any) -> np.ndarray:
         """One image -> its features [image_tokens, hidden], as they enter the prompt."""
         loaded, _ = self._load_images([image])
-        return self._encode_one(loaded[0], self.plan_image(loaded[0]), GenerationStats())
+        return self._encode_one(loaded[0], GenerationStats())
 
-    def plan_image(self, image: Any):
-        """How the image layout splits one image into tiles and prompt tokens (an ImagePlan)."""
+    def plan_image(self, image: Any, *, tiles: bool = True):
+        """How the image layout splits one image into tiles and prompt tokens (an ImagePlan;
+        `tiles=False`: only its tokens, without resizing anything)."""
         self._require_vision()
         if not isinstance(image, Image.Image):
             image = self._load_images([image])[0][0]
-        return self.layout.plan(image)
+        return self.layout.plan(image, tiles=tiles)
 
     def vision_input(self, images: Sequence[Any]) -> dict[str, np.ndarray]:
         """Images -> the vision graph's input for all their tiles: patch tokens [tiles, tokens, D]
@@ -198,7 +198,7 @@ class Model:
                 raise PromptError("This model's images take a number of tokens that depends on "
                                   "their size; pass the images themselves, not their count.")
             return [self.layout.plan(None) for _ in range(int(images))] if images else []
-        return [image if isinstance(image, ImagePlan) else self.plan_image(image)
+        return [image if isinstance(image, ImagePlan) else self.plan_image(image, tiles=False)
                 for image in _image_list(images)]
 
     def count_tokens(self, messages: list[Message], images: Sequence[Any] = ()) -> int:
@@ -277,7 +277,7 @@ class Model:
             self.last_stats = stats
         started = time.perf_counter()
         loaded, image_keys = self._load_images(images)
-        plans = [self.layout.plan(image) for image in loaded]
+        plans = [self.layout.plan(image, tiles=False) for image in loaded]   # tokens only
         ids = self.prompt_ids(messages, plans, control_tokens_in_text=control_tokens_in_text)
         if len(ids) >= self.context_length:
             raise PromptError(self._too_long(len(ids), plans))
@@ -351,7 +351,7 @@ class Model:
         for index in range(first, len(images)):
             features = self.image_features.get(image_keys[index]) if reuse else None
             if features is None:
-                features = self._encode_one(images[index], plans[index], stats)
+                features = self._encode_one(images[index], stats)
                 self.image_features.put(image_keys[index], features)
             else:
                 stats.cached_images += 1
@@ -361,10 +361,11 @@ class Model:
             return None
         return np.concatenate(parts)[skip:]
 
-    def _encode_one(self, image: Image.Image, plan: Any, stats: GenerationStats) -> np.ndarray:
+    def _encode_one(self, image: Image.Image, stats: GenerationStats) -> np.ndarray:
         # One image per run (its tiles batched): its features do not depend on which other
         # images share the batch, so a cached image's features equal those of a fresh encode.
         t = time.perf_counter()
+        plan = self.layout.plan(image)              # the layout's resizes and tiles
         feed = self._vision_input(plan.tiles)      # preprocessing and patch embedding, fused
         stats.preprocess_ms += (time.perf_counter() - t) * 1e3
         t = time.perf_counter()

@@ -64,7 +64,9 @@ class ImageLayout:
     def tile_spec(self) -> Mapping[str, Any]:
         raise NotImplementedError
 
-    def plan(self, image: Image.Image) -> ImagePlan:
+    def plan(self, image: Image.Image, *, tiles: bool = True) -> ImagePlan:
+        """The image's plan; `tiles=False` leaves the tiles out (its tokens only, cheap: what
+        counting a prompt's tokens needs)."""
         raise NotImplementedError
 
     def assemble(self, plan: ImagePlan, tile_features: np.ndarray) -> np.ndarray:

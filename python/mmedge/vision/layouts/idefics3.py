@@ -130,13 +130,18 @@ class Idefics3Layout(ImageLayout):
             return height // self.tile, width // self.tile
         return 0, 0
 
-    def plan(self, image: Image.Image) -> ImagePlan:
+    def plan(self, image: Image.Image, *, tiles: bool = True) -> ImagePlan:
         size = (image.height, image.width)
+        if not tiles:
+            rows, cols = self.grid(*size)
+            return ImagePlan(tiles=[], token_ids=self.expansion(rows, cols),
+                             num_slots=(rows * cols + 1) * self.tokens_per_tile,
+                             grid={"rows": rows, "cols": cols}, size=size)
         if self.do_resize:
             h, w = scale_below_upper_bound(*rescale_to_max_len(image.height, image.width,
                                                                self.longest_edge))
             image = _resize(image, h, w, self.resample)
-        tiles: list[np.ndarray] = []
+        crops: list[np.ndarray] = []
         rows = cols = 0
         if self.do_image_splitting:
             image = _resize(image, *multiple_of_tile(image.height, image.width, self.tile),
@@ -145,11 +150,11 @@ class Idefics3Layout(ImageLayout):
                 rows, cols = image.height // self.tile, image.width // self.tile
                 pixels = np.asarray(image)
                 t = self.tile
-                tiles = [pixels[r * t:(r + 1) * t, c * t:(c + 1) * t]
+                crops = [pixels[r * t:(r + 1) * t, c * t:(c + 1) * t]
                          for r in range(rows) for c in range(cols)]
-        tiles.append(np.asarray(_resize(image, self.tile, self.tile, self.resample)))
+        crops.append(np.asarray(_resize(image, self.tile, self.tile, self.resample)))
         ids = self.expansion(rows, cols)
-        return ImagePlan(tiles=tiles, token_ids=ids, num_slots=len(tiles) * self.tokens_per_tile,
+        return ImagePlan(tiles=crops, token_ids=ids, num_slots=len(crops) * self.tokens_per_tile,
                          grid={"rows": rows, "cols": cols}, size=size)
 
     def expansion(self, rows: int, cols: int) -> list[int]:

@@ -19,9 +19,9 @@ class SingleLayout(ImageLayout):
     def tile_spec(self) -> Mapping[str, Any]:
         return self.spec
 
-    def plan(self, image: Image.Image | None) -> ImagePlan:
+    def plan(self, image: Image.Image | None, *, tiles: bool = True) -> ImagePlan:
         """None: the plan of any image (its tokens do not depend on it), without tiles."""
         n = int(self.spec["num_image_tokens"])
-        return ImagePlan(tiles=[] if image is None else [image],
+        return ImagePlan(tiles=[image] if image is not None and tiles else [],
                          token_ids=[self.image_token_id] * n, num_slots=n,
                          size=(0, 0) if image is None else (image.height, image.width))
