@@ -32,7 +32,8 @@ from mmedge.errors import (BundleError, BusyError, DeviceError, ExportError, Ima
 
 
 def load(bundle, device: str = "auto", threads=None, verify: bool = True, *, parallel: int = 1,
-         queue_timeout: float | None = None, image_cache: int = 16, strict_device: bool = False):
+         queue_timeout: float | None = None, image_cache: int = 16, strict_device: bool = False,
+         image_longest_edge: int | None = None):
     """Open a bundle written by `mmedge export`.
 
     `device` is "auto" (CUDA when onnxruntime-gpu and a GPU are present, else CPU), "cpu" or
@@ -41,7 +42,9 @@ def load(bundle, device: str = "auto", threads=None, verify: bool = True, *, par
     For generation: `parallel` generations may be in progress at once, each with a KV cache of its
     own (a further one waits up to `queue_timeout` seconds, None = as long as it takes, and is
     refused with `BusyError` where waiting could never end); `image_cache` images' features are
-    kept for reuse.
+    kept for reuse. `image_longest_edge` (tiling models such as SmolVLM): the longest edge images
+    are resized to before tiling, instead of the checkpoint's (fewer tiles, fewer image tokens;
+    transformers' `size={"longest_edge": N}`).
     Gives a `mmedge.generation.Model` for a (vision-)language model and a `mmedge.clip.ClipModel`
     for a CLIP/SigLIP bundle (family "clip").
     """
@@ -55,7 +58,8 @@ def load(bundle, device: str = "auto", threads=None, verify: bool = True, *, par
     from mmedge.generation import Model
 
     return Model(opened, device=device, threads=threads, parallel=parallel,
-                 queue_timeout=queue_timeout, image_cache=image_cache, strict_device=strict_device)
+                 queue_timeout=queue_timeout, image_cache=image_cache, strict_device=strict_device,
+                 image_longest_edge=image_longest_edge)
 
 
 __all__ = ["load", "__version__", "MMEdgeError", "BundleError", "BusyError", "DeviceError", "ExportError",

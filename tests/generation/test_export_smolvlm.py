@@ -151,6 +151,23 @@ def test_image_features_are_cached_per_image(exported):
     np.testing.assert_array_equal(fresh, model.image_features.get(model._load_images([WIDE])[1][0]))
 
 
+def test_fewer_tiles_with_image_longest_edge_match_the_processor(exported):
+    """load(image_longest_edge=1024) is the processor's size={"longest_edge": 1024}: a 320x240
+    frame takes 2x2 tiles + a global view instead of 3x4 (5 tiles' tokens, not 13)."""
+    bundle, _, reference, _ = exported
+    variant = "smolvlm2" if "smolvlm2" in str(bundle) else "idefics3"
+    processor = smolvlm_processor(FIXTURE, variant, size={"longest_edge": 1024})
+    model = mmedge.load(bundle, device="cpu", image_longest_edge=1024)
+    messages = _messages("What do you see?", 1)
+    expected = transformers_greedy(reference, processor, messages, [WIDE])
+    model.generate(messages=messages, images=[WIDE], max_new_tokens=NEW_TOKENS)
+    assert model.last_stats.token_ids == expected
+    assert model.last_stats.image_tokens == 5 * 64
+    for bad in (0, 5000, 1.5, True):
+        with pytest.raises(PromptError, match="image_longest_edge"):
+            mmedge.load(bundle, device="cpu", image_longest_edge=bad)
+
+
 # -- bad input ------------------------------------------------------------------------------------
 def test_tiles_that_overflow_the_context_say_how_many_tokens(exported):
     bundle, _, _, _ = exported

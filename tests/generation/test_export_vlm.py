@@ -116,3 +116,9 @@ def test_quantized_decoder_close_to_fp32(tmp_path_factory, precision):
     assert parity["max_logit_diff"] / parity["logit_scale"] <= QUANT_BOUNDS[precision]
     if precision == "fp16":
         assert parity["greedy_tokens_agreeing"] == parity["greedy_tokens_compared"]
+
+
+def test_image_longest_edge_is_refused_for_fixed_size_images(exported):
+    _, bundle, _, _, _ = exported
+    with pytest.raises(mmedge.PromptError, match="fixed"):
+        mmedge.load(bundle, device="cpu", image_longest_edge=1024)

@@ -54,6 +54,10 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop when this text appears (repeatable)")
     p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--image-longest-edge", type=int, default=None, metavar="PX",
+                   help="tiling models (SmolVLM): resize images to this longest edge before "
+                        "tiling, instead of the checkpoint's (2048 for SmolVLM-256M); 1024 gives "
+                        "at most 2x2 tiles + a global view, i.e. fewer image tokens and a faster answer")
 
 
 def generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -78,8 +82,10 @@ def load_any(args: argparse.Namespace):
     explicit --device cuda fell back to the CPU."""
     import mmedge
 
+    extra = ({"image_longest_edge": args.image_longest_edge}
+             if getattr(args, "image_longest_edge", None) is not None else {})
     model = mmedge.load(args.bundle, device=args.device, threads=args.threads,
-                        strict_device=args.strict_device)
+                        strict_device=args.strict_device, **extra)
     if args.device == "cuda" and model.device.name != "cuda":
         print(f"warning: {model.device.note} (pass --strict-device to fail instead)", file=sys.stderr)
     else:

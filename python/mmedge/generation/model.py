@@ -52,7 +52,7 @@ class Model:
 
     def __init__(self, bundle: Bundle, device: str = "auto", threads: int | None = None, *,
                  parallel: int = 1, queue_timeout: float | None = None, image_cache: int = 16,
-                 strict_device: bool = False):
+                 strict_device: bool = False, image_longest_edge: int | None = None):
         from mmedge.vision.feature_cache import ImageFeatureCache
 
         self.bundle = bundle
@@ -68,6 +68,8 @@ class Model:
                                        target=bundle.components["decoder"].get("target", "cpu"))
         self.caches = CachePool(self._decoder, parallel=parallel, timeout=queue_timeout)
         self.image_spec = bundle.image
+        if image_longest_edge is not None and self.image_spec is None:
+            raise PromptError("image_longest_edge was given but this bundle is text-only.")
         self._vision = None
         self._vision_input = None
         self.layout = None
@@ -76,7 +78,8 @@ class Model:
             from mmedge.vision.inputs import VisionInput
             from mmedge.vision.layouts import image_layout
 
-            self.layout = image_layout(self.image_spec, self.tokenizer, bundle.root)
+            self.layout = image_layout(self.image_spec, self.tokenizer, bundle.root,
+                                       longest_edge=image_longest_edge)
             self._vision = open_session(bundle.path_of("vision"), self.device, threads,
                                         spinning=False)
             self._vision_input = VisionInput(bundle.root, bundle.manifest,

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mmedge.errors import BundleError
+from mmedge.errors import BundleError, PromptError
 
 __all__ = ["ImagePlan", "ImageLayout", "image_layout", "LAYOUTS"]
 
@@ -37,6 +37,9 @@ LAYOUTS = {
     "idefics3": "idefics3:Idefics3Layout",
     "anyres": "anyres:AnyresLayout",
 }
+
+
+MAX_LONGEST_EDGE = 4096   # transformers caps a resized image's longest edge there
 
 
 @dataclass
@@ -83,11 +86,24 @@ class ImageLayout:
         return f"{plan.num_slots} image tokens"
 
 
-def image_layout(spec: Mapping[str, Any], tokenizer: Any, root: Path) -> ImageLayout:
-    """The layout a manifest's "image" entry names (bundles from before layouts: "single")."""
+def image_layout(spec: Mapping[str, Any], tokenizer: Any, root: Path, *,
+                 longest_edge: int | None = None) -> ImageLayout:
+    """The layout a manifest's "image" entry names (bundles from before layouts: "single").
+    `longest_edge` replaces a resizing layout's size["longest_edge"] (the caller's choice of
+    fewer or more tiles, as transformers' processor takes `size=`)."""
     name = spec.get("layout", "single")
     if name not in LAYOUTS:
         raise BundleError(f"the bundle's image layout {name!r:.40} is not one this mmedge knows "
                           f"({', '.join(sorted(LAYOUTS))}); upgrade mmedge or re-export the bundle.")
+    if longest_edge is not None:
+        if "longest_edge" not in (spec.get("size") or {}):
+            raise PromptError("image_longest_edge applies to models that resize images by their "
+                              f"longest edge before tiling (SmolVLM); this one's layout is {name!r}, "
+                              "whose image size is fixed. Leave it out.")
+        if isinstance(longest_edge, bool) or not isinstance(longest_edge, int) \
+                or not 1 <= longest_edge <= MAX_LONGEST_EDGE:
+            raise PromptError(f"image_longest_edge must be a whole number of pixels from 1 to "
+                              f"{MAX_LONGEST_EDGE}, not {longest_edge!r}.")
+        spec = {**spec, "size": {**spec["size"], "longest_edge": longest_edge}}
     module, cls = LAYOUTS[name].split(":")
     return getattr(importlib.import_module(f"{__name__}.{module}"), cls)(spec, tokenizer, root)
