@@ -266,6 +266,9 @@ def _check_manifest(manifest_path: Path, m: dict[str, Any]) -> None:
             get(patch, "image.patch_embedding.", "file", str, "a file name")
             for key in ("num_tokens", "patch_size"):
                 positive(patch, "image.patch_embedding.", key)
+        newline = get(image, "image.", "image_newline", dict, "a table", optional=True)
+        if newline is not None:
+            get(newline, "image.image_newline.", "file", str, "a file name")
         if family in VLM_FAMILIES:
             get(image, "image.", "image_token_id", int, "a token id")
             get(image, "image.", "image_token", str, "the image token's text")
@@ -290,6 +293,9 @@ def _named_files(m: dict[str, Any]) -> list[tuple[str, str]]:
     patch = (m.get("image") or {}).get("patch_embedding")
     if patch:
         named.append(("image.patch_embedding", patch["file"]))
+    newline = (m.get("image") or {}).get("image_newline")   # LLaVA-OneVision's row marker
+    if newline:
+        named.append(("image.image_newline", newline["file"]))
     return named
 
 
