@@ -15,7 +15,10 @@ Format (FORMAT_VERSION 1), the fields a runtime relies on:
                      "single" when absent), preprocessing parameters (see mmedge.vision.preprocess) and "patch_embedding":
                      {file, num_tokens, dim, patch_size, tensors}, the weights the runtime's
                      patch-embedding kernel turns frames into the image graph's `patch_tokens`
-                     with (see mmedge.vision.inputs); VLM and CLIP bundles only
+                     with (see mmedge.vision.inputs); VLM and CLIP bundles only.
+                     "llava_onevision" adds "image_newline": {file, dim}, the safetensors file
+                     of the vector that ends each row of an image's features (its path is
+                     checked like patch_embedding's)
     text             tokenizer file, chat template, special tokens, context length
     decoder          num_layers, num_kv_heads, head_dim, hidden_size, vocab_size, kv_dtype
     clip             ("clip" family) kind, embed_dim, logit_scale (the multiplier), logit_bias

@@ -150,3 +150,22 @@ def _edited_copy(hf, name: str, edit) -> str:
 def test_processor_rules_it_cannot_reproduce_are_refused(hf, tmp_path, name, edit, words):
     with pytest.raises(UnsupportedModelError, match=words):
         export_model(_edited_copy(hf, name, edit), tmp_path / "out", precision="fp32", progress=False)
+
+
+@pytest.mark.parametrize("tamper,words", [
+    (lambda bundle, m: m["image"]["image_newline"].update(file="../newline.safetensors"),
+     "outside the bundle"),
+    (lambda bundle, m: (bundle / m["image"]["image_newline"]["file"]).write_bytes(b"not safetensors"),
+     "sha256|checksum|damaged|changed"),
+])
+def test_the_newline_file_is_checked_like_the_patch_embedding(fp32, tmp_path, tamper, words):
+    from mmedge.errors import BundleError
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(fp32[0], bundle)
+    path = bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
+    tamper(bundle, manifest)
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=words):
+        mmedge.load(bundle, device="cpu")
