@@ -68,7 +68,7 @@ def reference_inputs(runtime, ids: list[int], images: list[Any]) -> dict[str, An
     inputs: dict[str, Any] = {"input_ids": torch.tensor([ids])}
     if images:
         inputs["pixel_values"] = torch.from_numpy(runtime.preprocess(images))
-        inputs["image_sizes"] = torch.tensor([list(runtime.plan_image(image).size) for image in images])
+        inputs["image_sizes"] = torch.tensor([list(runtime.plan_image(image, tiles=False).size) for image in images])
     return inputs
 
 

@@ -62,6 +62,9 @@ def test_tiles_and_tokens_match_the_processor(checkpoint, size):
     assert expected["image_sizes"][0].tolist() == list(plan.size)
     assert plan.num_slots == int((expected["input_ids"][0] == layout.image_token_id).sum())
     assert plan.token_ids == expected["input_ids"][0].tolist()
+    tokens_only = layout.plan(image, tiles=False)
+    assert tokens_only.tiles == [] and tokens_only.token_ids == plan.token_ids
+    assert (tokens_only.grid, tokens_only.size) == (plan.grid, plan.size)
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")

@@ -172,17 +172,21 @@ class AnyresLayout(ImageLayout):
         return h * w + h + self.tokens_per_tile
 
     # -- the interface ---------------------------------------------------------------------------
-    def plan(self, image: Image.Image) -> ImagePlan:
+    def plan(self, image: Image.Image, *, tiles: bool = True) -> ImagePlan:
         height, width = image.height, image.width
+        n = self.num_tokens(height, width)
+        if not tiles:   # the prompt's tokens only: no resizing
+            rows, cols = self.grid(height, width)
+            return ImagePlan(tiles=[], token_ids=[self.image_token_id] * n, num_slots=n,
+                             grid={"rows": rows, "cols": cols}, size=(height, width))
         best = select_best_resolution(height, width, self.pinpoints)
         fitted = _resize(image, *fit_size(height, width, best), self.resample)
         padded = _pad_centred(np.asarray(fitted), best)
         t = self.tile
         rows, cols = best[0] // t, best[1] // t
-        tiles = [np.asarray(_resize(image, t, t, self.resample))]
-        tiles += [padded[r * t:(r + 1) * t, c * t:(c + 1) * t] for r in range(rows) for c in range(cols)]
-        n = self.num_tokens(height, width)
-        return ImagePlan(tiles=tiles, token_ids=[self.image_token_id] * n, num_slots=n,
+        crops = [np.asarray(_resize(image, t, t, self.resample))]
+        crops += [padded[r * t:(r + 1) * t, c * t:(c + 1) * t] for r in range(rows) for c in range(cols)]
+        return ImagePlan(tiles=crops, token_ids=[self.image_token_id] * n, num_slots=n,
                          grid={"rows": rows, "cols": cols}, size=(height, width))
 
     def assemble(self, plan: ImagePlan, tile_features: np.ndarray) -> np.ndarray:
