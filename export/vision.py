@@ -35,6 +35,7 @@ from . import patch_embedding
 from .onnx_utils import quiet_torch_export
 
 SUPPORTED_TOWERS = ("clip_vision_model", "siglip_vision_model")
+LLAVA_MODEL_TYPES = ("llava", "llava_onevision")  # same vision_tower / multi_modal_projector / feature config
 EXTERNAL_DATA_BYTES = 1_500_000_000  # above this, weights go to `<name>.data` (protobuf caps a file at 2 GB)
 SAMPLE_BATCH = 2  # a batch-1 sample lets dynamo specialize the batch dim silently
 
@@ -65,10 +66,12 @@ class VisionEncoder(torch.nn.Module):
 def _check_model(model: torch.nn.Module) -> None:
     config = getattr(model, "config", None)
     tower_type = getattr(getattr(config, "vision_config", None), "model_type", None)
-    if getattr(config, "model_type", None) != "llava" or not hasattr(getattr(model, "model", None), "vision_tower"):
+    if getattr(config, "model_type", None) not in LLAVA_MODEL_TYPES \
+            or not hasattr(getattr(model, "model", None), "vision_tower"):
         raise UnsupportedModelError(
-            f"export_vision takes a LlavaForConditionalGeneration, got {type(model).__name__}; "
-            "load the checkpoint with LlavaForConditionalGeneration.from_pretrained")
+            f"export_vision takes a LlavaForConditionalGeneration (or LLaVA-OneVision's, whose "
+            f"per-tile tower + projector is the same), got {type(model).__name__}; load the "
+            "checkpoint with LlavaForConditionalGeneration.from_pretrained")
     if tower_type not in SUPPORTED_TOWERS:
         raise UnsupportedModelError(
             f"vision tower {tower_type!r} is not supported (supported: {', '.join(SUPPORTED_TOWERS)})")

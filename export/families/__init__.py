@@ -25,6 +25,7 @@ FAMILIES = {
     "LlavaForConditionalGeneration": "llava",
     "Idefics3ForConditionalGeneration": "idefics3",
     "SmolVLMForConditionalGeneration": "idefics3",
+    "LlavaOnevisionForConditionalGeneration": "llava_onevision",
     "CLIPModel": "clip",
     "SiglipModel": "clip",
 }

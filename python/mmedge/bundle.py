@@ -15,7 +15,10 @@ Format (FORMAT_VERSION 1), the fields a runtime relies on:
                      "single" when absent), preprocessing parameters (see mmedge.vision.preprocess) and "patch_embedding":
                      {file, num_tokens, dim, patch_size, tensors}, the weights the runtime's
                      patch-embedding kernel turns frames into the image graph's `patch_tokens`
-                     with (see mmedge.vision.inputs); VLM and CLIP bundles only
+                     with (see mmedge.vision.inputs); VLM and CLIP bundles only.
+                     "llava_onevision" adds "image_newline": {file, dim}, the safetensors file
+                     of the vector that ends each row of an image's features (its path is
+                     checked like patch_embedding's)
     text             tokenizer file, chat template, special tokens, context length
     decoder          num_layers, num_kv_heads, head_dim, hidden_size, vocab_size, kv_dtype
     clip             ("clip" family) kind, embed_dim, logit_scale (the multiplier), logit_bias
@@ -266,6 +269,9 @@ def _check_manifest(manifest_path: Path, m: dict[str, Any]) -> None:
             get(patch, "image.patch_embedding.", "file", str, "a file name")
             for key in ("num_tokens", "patch_size"):
                 positive(patch, "image.patch_embedding.", key)
+        newline = get(image, "image.", "image_newline", dict, "a table", optional=True)
+        if newline is not None:
+            get(newline, "image.image_newline.", "file", str, "a file name")
         if family in VLM_FAMILIES:
             get(image, "image.", "image_token_id", int, "a token id")
             get(image, "image.", "image_token", str, "the image token's text")
@@ -290,6 +296,9 @@ def _named_files(m: dict[str, Any]) -> list[tuple[str, str]]:
     patch = (m.get("image") or {}).get("patch_embedding")
     if patch:
         named.append(("image.patch_embedding", patch["file"]))
+    newline = (m.get("image") or {}).get("image_newline")   # LLaVA-OneVision's row marker
+    if newline:
+        named.append(("image.image_newline", newline["file"]))
     return named
 
 
