@@ -176,6 +176,19 @@ def check_feature_shape(io: dict, n_tokens: int, text_hidden: int) -> None:
         raise ExportError(f"the vision graph outputs {shape}, expected [batch, {n_tokens}, {text_hidden}]")
 
 
+def add_vision_component(ctx, path: Path, io: dict) -> None:
+    """Record the traced fp32 image graph at `path` as the bundle's "vision" component, first
+    quantized in place to ctx.vision_precision where that is not fp32."""
+    if ctx.vision_precision != "fp32":
+        fp32_path = ctx.workdir / path.name
+        path.replace(fp32_path)
+        quantize_vision(fp32_path, path, ctx.vision_precision)
+    ctx.manifest.setdefault("components", {})["vision"] = {
+        "file": path.name, "precision": ctx.vision_precision,
+        "inputs": io["inputs"], "outputs": io["outputs"]}
+    ctx.manifest.setdefault("quantization", {})["vision"] = ctx.vision_precision
+
+
 def _ort_session(onnx_path: str | Path):
     import onnxruntime as ort
 

@@ -26,7 +26,7 @@ from ..context import ExportContext
 from ..language_model import export_language_model, split_text_model
 from ..patch_embedding import TOKENS_INPUT, sample_tokens, save_patch_weights
 from ..preprocessing import read_image_processor_config, read_processor_config
-from ..vision import check_feature_shape, compare, quantize_vision, trace_image_graph
+from ..vision import add_vision_component, check_feature_shape, compare, trace_image_graph
 
 VISION_FILE = "vision.onnx"
 PROCESSOR_CLASSES = ("Idefics3ImageProcessor", "SmolVLMImageProcessor")
@@ -169,13 +169,7 @@ def export(ctx: ExportContext) -> None:
     io = trace_image_graph(TileEncoder(model).eval(), sample_tokens(model, 2), vision_path,
                            TOKENS_INPUT)
     check_feature_shape(io, image["tokens_per_tile"], config["text_config"]["hidden_size"])
-    if ctx.vision_precision != "fp32":
-        fp32_path = ctx.workdir / VISION_FILE
-        vision_path.replace(fp32_path)
-        quantize_vision(fp32_path, vision_path, ctx.vision_precision)
-    ctx.manifest.setdefault("components", {})["vision"] = {
-        "file": VISION_FILE, "precision": ctx.vision_precision, **io}
-    ctx.manifest.setdefault("quantization", {})["vision"] = ctx.vision_precision
+    add_vision_component(ctx, vision_path, io)
 
     from transformers import AutoTokenizer
 

@@ -16,7 +16,7 @@ from ..context import ExportContext
 from ..language_model import export_language_model, split_text_model
 from ..preprocessing import image_spec_from_hf, read_image_processor_config
 from ..patch_embedding import save_patch_weights
-from ..vision import export_vision, image_size, quantize_vision, vision_parity
+from ..vision import add_vision_component, export_vision, image_size, vision_parity
 
 VISION_FILE = "vision.onnx"
 
@@ -35,16 +35,8 @@ def export(ctx: ExportContext) -> None:
     ctx.manifest["family"] = "llava"
 
     ctx.step("vision graph")
-    vision_path = ctx.out_dir / VISION_FILE
-    vision = export_vision(model, vision_path)
-    if ctx.vision_precision != "fp32":
-        fp32_path = ctx.workdir / VISION_FILE
-        vision_path.replace(fp32_path)
-        quantize_vision(fp32_path, vision_path, ctx.vision_precision)
-    ctx.manifest.setdefault("components", {})["vision"] = {
-        "file": VISION_FILE, "precision": ctx.vision_precision,
-        "inputs": vision["inputs"], "outputs": vision["outputs"]}
-    ctx.manifest.setdefault("quantization", {})["vision"] = ctx.vision_precision
+    vision = export_vision(model, ctx.out_dir / VISION_FILE)
+    add_vision_component(ctx, ctx.out_dir / VISION_FILE, vision)
 
     image = image_spec_from_hf(read_image_processor_config(folder), config["vision_config"])
     image_token_id = config.get("image_token_id", config.get("image_token_index"))

@@ -30,7 +30,7 @@ from ..context import ExportContext
 from ..language_model import export_language_model, split_text_model
 from ..patch_embedding import save_patch_weights
 from ..preprocessing import read_image_processor_config, read_processor_config
-from ..vision import export_vision, image_size, quantize_vision
+from ..vision import add_vision_component, export_vision, image_size
 
 VISION_FILE = "vision.onnx"
 NEWLINE_FILE = "image_newline.safetensors"
@@ -187,16 +187,8 @@ def export(ctx: ExportContext) -> None:
     image = image_spec(read_image_processor_config(folder), read_processor_config(folder), config)
 
     ctx.step("vision graph")
-    vision_path = ctx.out_dir / VISION_FILE
-    vision = export_vision(model, vision_path)
-    if ctx.vision_precision != "fp32":
-        fp32_path = ctx.workdir / VISION_FILE
-        vision_path.replace(fp32_path)
-        quantize_vision(fp32_path, vision_path, ctx.vision_precision)
-    ctx.manifest.setdefault("components", {})["vision"] = {
-        "file": VISION_FILE, "precision": ctx.vision_precision,
-        "inputs": vision["inputs"], "outputs": vision["outputs"]}
-    ctx.manifest.setdefault("quantization", {})["vision"] = ctx.vision_precision
+    vision = export_vision(model, ctx.out_dir / VISION_FILE)
+    add_vision_component(ctx, ctx.out_dir / VISION_FILE, vision)
 
     from transformers import AutoTokenizer
 

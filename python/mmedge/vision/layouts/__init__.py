@@ -86,6 +86,28 @@ class ImageLayout:
         return f"{plan.num_slots} image tokens"
 
 
+def tile_preprocessing(spec: Mapping[str, Any], tile: int) -> dict[str, Any]:
+    """The per-tile preprocessing of a tiling layout: its tiles are already tile x tile uint8, so
+    only rescale, normalize and the patch embedding remain (the kernel does them in one pass)."""
+    return {
+        "processor": "siglip", "do_convert_rgb": True, "do_resize": False,
+        "size": {"height": tile, "width": tile}, "resample": int(spec["resample"]),
+        "do_center_crop": False, "crop_size": None,
+        "do_rescale": spec["do_rescale"], "rescale_factor": spec["rescale_factor"],
+        "do_normalize": spec["do_normalize"], "image_mean": spec["image_mean"],
+        "image_std": spec["image_std"], "image_size": [tile, tile],
+        "patch_size": spec["patch_size"], "patch_embedding": spec.get("patch_embedding"),
+    }
+
+
+def resize_uint8(image: Image.Image, height: int, width: int, resample: Image.Resampling) -> Image.Image:
+    """Pillow's resize on the uint8 image, as transformers' Pillow backend does (a same-size
+    resize is a copy in Pillow, so skipping it changes nothing)."""
+    if (image.height, image.width) == (height, width):
+        return image
+    return image.resize((width, height), resample=resample)
+
+
 def image_layout(spec: Mapping[str, Any], tokenizer: Any, root: Path, *,
                  longest_edge: int | None = None) -> ImageLayout:
     """The layout a manifest's "image" entry names (bundles from before layouts: "single").

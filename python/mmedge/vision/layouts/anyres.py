@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image
 
 from mmedge.errors import BundleError
-from mmedge.vision.layouts import ImageLayout, ImagePlan
+from mmedge.vision.layouts import ImageLayout, ImagePlan, resize_uint8, tile_preprocessing
 
 MAX_SIDE = 8192        # the largest pinpoint side a manifest may ask for (as MAX_SPEC_SIDE)
 MAX_PINPOINTS = 1024   # real checkpoints have 36
@@ -136,15 +136,7 @@ class AnyresLayout(ImageLayout):
             raise BundleError("the manifest's anyres image entry is invalid: " + "; ".join(problems)
                               + ". Re-export the bundle.")
         self.newline = _load_newline(root, newline_file, newline_dim)
-        self._tile_spec = {
-            "processor": "siglip", "do_convert_rgb": True, "do_resize": False,
-            "size": {"height": self.tile, "width": self.tile}, "resample": int(self.resample),
-            "do_center_crop": False, "crop_size": None,
-            "do_rescale": spec["do_rescale"], "rescale_factor": spec["rescale_factor"],
-            "do_normalize": spec["do_normalize"], "image_mean": spec["image_mean"],
-            "image_std": spec["image_std"], "image_size": [self.tile, self.tile],
-            "patch_size": spec["patch_size"], "patch_embedding": spec.get("patch_embedding"),
-        }
+        self._tile_spec = tile_preprocessing(spec, self.tile)
 
     @property
     def tile_spec(self) -> Mapping[str, Any]:
@@ -180,11 +172,11 @@ class AnyresLayout(ImageLayout):
             return ImagePlan(tiles=[], token_ids=[self.image_token_id] * n, num_slots=n,
                              grid={"rows": rows, "cols": cols}, size=(height, width))
         best = select_best_resolution(height, width, self.pinpoints)
-        fitted = _resize(image, *fit_size(height, width, best), self.resample)
+        fitted = resize_uint8(image, *fit_size(height, width, best), self.resample)
         padded = _pad_centred(np.asarray(fitted), best)
         t = self.tile
         rows, cols = best[0] // t, best[1] // t
-        crops = [np.asarray(_resize(image, t, t, self.resample))]
+        crops = [np.asarray(resize_uint8(image, t, t, self.resample))]
         crops += [padded[r * t:(r + 1) * t, c * t:(c + 1) * t] for r in range(rows) for c in range(cols)]
         return ImagePlan(tiles=crops, token_ids=[self.image_token_id] * n, num_slots=n,
                          grid={"rows": rows, "cols": cols}, size=(height, width))
@@ -246,11 +238,3 @@ def _pad_centred(pixels: np.ndarray, target: tuple[int, int]) -> np.ndarray:
     top, left = (target[0] - pixels.shape[0]) // 2, (target[1] - pixels.shape[1]) // 2
     out[top:top + pixels.shape[0], left:left + pixels.shape[1]] = pixels
     return out
-
-
-def _resize(image: Image.Image, height: int, width: int, resample: Image.Resampling) -> Image.Image:
-    """Pillow's resize on the uint8 image, as transformers' Pillow backend does (a same-size
-    resize is a copy in Pillow, so skipping it changes nothing)."""
-    if (image.height, image.width) == (height, width):
-        return image
-    return image.resize((width, height), resample=resample)

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from mmedge.errors import BundleError
-from mmedge.vision.layouts import ImageLayout, ImagePlan
+from mmedge.vision.layouts import ImageLayout, ImagePlan, resize_uint8, tile_preprocessing
 
 MAX_IMAGE_SIZE = 4096  # transformers' cap on the resized image's longest edge
 
@@ -104,15 +104,7 @@ class Idefics3Layout(ImageLayout):
         if list(spec.get("image_size", ())) != [self.tile, self.tile]:
             raise BundleError(f"the manifest's image_size {spec.get('image_size')} is not the tile "
                               f"size {self.tile}; re-export the bundle.")
-        self._tile_spec = {
-            "processor": "siglip", "do_convert_rgb": True, "do_resize": False,
-            "size": {"height": self.tile, "width": self.tile}, "resample": int(self.resample),
-            "do_center_crop": False, "crop_size": None,
-            "do_rescale": spec["do_rescale"], "rescale_factor": spec["rescale_factor"],
-            "do_normalize": spec["do_normalize"], "image_mean": spec["image_mean"],
-            "image_std": spec["image_std"], "image_size": [self.tile, self.tile],
-            "patch_size": spec["patch_size"], "patch_embedding": spec.get("patch_embedding"),
-        }
+        self._tile_spec = tile_preprocessing(spec, self.tile)
         self._expansions: dict[tuple[int, int], list[int]] = {}
 
     @property
@@ -140,11 +132,11 @@ class Idefics3Layout(ImageLayout):
         if self.do_resize:
             h, w = scale_below_upper_bound(*rescale_to_max_len(image.height, image.width,
                                                                self.longest_edge))
-            image = _resize(image, h, w, self.resample)
+            image = resize_uint8(image, h, w, self.resample)
         crops: list[np.ndarray] = []
         rows = cols = 0
         if self.do_image_splitting:
-            image = _resize(image, *multiple_of_tile(image.height, image.width, self.tile),
+            image = resize_uint8(image, *multiple_of_tile(image.height, image.width, self.tile),
                             self.resample)
             if image.height > self.tile or image.width > self.tile:
                 rows, cols = image.height // self.tile, image.width // self.tile
@@ -152,7 +144,7 @@ class Idefics3Layout(ImageLayout):
                 t = self.tile
                 crops = [pixels[r * t:(r + 1) * t, c * t:(c + 1) * t]
                          for r in range(rows) for c in range(cols)]
-        crops.append(np.asarray(_resize(image, self.tile, self.tile, self.resample)))
+        crops.append(np.asarray(resize_uint8(image, self.tile, self.tile, self.resample)))
         ids = self.expansion(rows, cols)
         return ImagePlan(tiles=crops, token_ids=ids, num_slots=len(crops) * self.tokens_per_tile,
                          grid={"rows": rows, "cols": cols}, size=size)
@@ -181,11 +173,3 @@ class Idefics3Layout(ImageLayout):
         rows, cols = plan.grid["rows"], plan.grid["cols"]
         layout = f"{rows}x{cols} tiles + a global view" if rows else "one tile"
         return f"{plan.size[1]}x{plan.size[0]} px -> {layout}, {len(plan.token_ids)} tokens"
-
-
-def _resize(image: Image.Image, height: int, width: int, resample: Image.Resampling) -> Image.Image:
-    """Pillow's resize on the uint8 image, as transformers' Pillow path does (a same-size resize
-    is a copy in Pillow, so skipping it changes nothing)."""
-    if (image.height, image.width) == (height, width):
-        return image
-    return image.resize((width, height), resample=resample)
