@@ -45,11 +45,13 @@ _MEASURE = ("import os, subprocess, sys\n"
 _PEAK_TAG = "PEAK_RSS_KB"
 
 
-def run_process(argv: Sequence[str]) -> tuple[int, str, str, float]:
-    """Run argv to completion; return (exit status, stdout, stderr, peak RSS of the child in MB)."""
+def run_process(argv: Sequence[str], stdin: str | None = None) -> tuple[int, str, str, float]:
+    """Run argv to completion (`stdin`: text fed to its standard input); return (exit status,
+    stdout, stderr, peak RSS of the child in MB)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         code = subprocess.run([sys.executable, "-c", _MEASURE, *argv], stdout=out, stderr=err,
-                              env=worker_env()).returncode
+                              env=worker_env(), input=stdin,
+                              text=True if stdin is not None else None).returncode
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
@@ -168,3 +170,94 @@ def find_tool(build_dir: Path, name: str) -> Path | None:
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate.parent
     return None
+
+
+def llama_convert(source_dir: Path, hf_folder: Path, dst: Path, outtype: str,
+                  mmproj: bool = False) -> Path:
+    """`convert_hf_to_gguf.py` of a llama.cpp source tree on an HF folder, once: the text model, or
+    with `mmproj` the vision tower + projector (llama.cpp's mtmd "mmproj" file). It runs in this
+    interpreter's environment (torch, transformers) with the tree's own gguf-py first on the path."""
+    if not dst.exists():
+        tmp = dst.with_name(dst.name + ".partial")
+        argv = [sys.executable, str(source_dir / "convert_hf_to_gguf.py"), str(hf_folder),
+                "--outfile", str(tmp), "--outtype", outtype] + (["--mmproj"] if mmproj else [])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(source_dir / "gguf-py"),
+                                                         env.get("PYTHONPATH")) if p)
+        done = subprocess.run(argv, capture_output=True, text=True, env=env)
+        if done.returncode != 0 or not tmp.exists():
+            raise RuntimeError(f"convert_hf_to_gguf.py {'--mmproj ' if mmproj else ''}failed "
+                               f"(exit {done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+        tmp.rename(dst)
+    return dst
+
+
+def llama_mtmd(tool_dir: Path, model: Path, mmproj: Path, image: Path, prompt: str, threads: int,
+               new_tokens: int, tokens_per_tile: int, ctx_size: int = 2048) -> dict[str, Any]:
+    """One image + prompt through llama.cpp's multimodal CLI (llama-mtmd-cli), stage by stage.
+
+    The CLI runs in chat mode on stdin: the image and prompt once as a warm-up, `/clear` (KV cache
+    and history dropped), then the measured turn, greedy with EOS ignored. Its log is read as JSON
+    lines with microsecond timestamps (`--log-jsonl --log-timestamps`), so the stages are measured
+    the way the Python engines measure theirs, from the moment the turn starts (before the JPEG is
+    read):
+      preprocess  to the first vision encode: JPEG decode, llama.cpp's tiling and normalization,
+                  and the few text tokens before the first tile (decoded as they come);
+      encode      the vision batches (the CLI encodes runs of consecutive image chunks; SmolVLM's
+                  tiles are separated by text, so one tile each), summed;
+      prefill     the rest up to the first token: every prompt token through the LLM, image
+                  embeddings included, and the first sampling;
+      decode      tokens 2..N.
+    Tiles are counted from the encode lines; image tokens are tiles x `tokens_per_tile` (the CLI
+    does not log token counts at its default verbosity). Peak RSS is the whole process's (both
+    turns)."""
+    turn = f"/image {image}\n{prompt}\n"
+    argv = [str(tool_dir / "llama-mtmd-cli"), "-m", str(model), "--mmproj", str(mmproj),
+            "-t", str(threads), "-tb", str(threads), "-c", str(ctx_size), "-n", str(new_tokens),
+            "--temp", "0", "--top-k", "1", "--ignore-eos", "-ngl", "0",
+            # (not -lv 4, which would log mtmd's image token counts: the CLI's own lines, the
+            # answer included, then go missing from the JSON log)
+            "--log-jsonl", "--log-timestamps"]
+    code, out, err, rss = run_process(argv, stdin=turn + "/clear\n" + turn + "/quit\n")
+    entries = []
+    for line in (out + "\n" + err).splitlines():
+        if line.startswith("{"):
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if e.get("type") == "log":
+                entries.append(e)
+    if code != 0 or not entries:
+        raise RuntimeError(f"llama-mtmd-cli failed (exit {code}):\n{out[-2000:]}\n{err[-4000:]}")
+    entries.sort(key=lambda e: e["time"])
+    msgs = [e["msg"] for e in entries]
+    try:
+        cleared = next(i for i, m in enumerate(msgs) if "Chat history cleared" in m)
+        # "\n> " is the CLI's input prompt: before "/image ...", before the text, after the answer
+        start, _, end = [i for i in range(cleared, len(msgs)) if msgs[i] == "\n> "][:3]
+    except (StopIteration, ValueError):
+        raise RuntimeError(f"llama-mtmd-cli: unexpected log (no second turn):\n{err[-4000:]}") from None
+    turn_entries = entries[start:end]
+    t0 = turn_entries[0]["time"]
+    begins = [e["time"] for e in turn_entries if e["msg"].startswith("encoding mtmd batch")]
+    dones = [e["time"] for e in turn_entries if e["msg"].startswith("mtmd batch encoding done")]
+    tiles = sum(int(e["msg"].split("n_chunks = ")[1].split()[0]) for e in turn_entries
+                if e["msg"].startswith("encoding mtmd batch"))
+    # The prompt's evaluation ends with a bare "\n" (not a token) after the last tile's encode;
+    # every plain (level "none") entry after it up to the next input prompt is one token's piece.
+    last_encode = max(i for i, e in enumerate(turn_entries) if e["msg"].startswith("mtmd batch encoding done"))
+    eval_end = next(i for i in range(last_encode + 1, len(turn_entries))
+                    if turn_entries[i]["level"] == "none" and turn_entries[i]["msg"] == "\n")
+    tokens = [e for e in turn_entries[eval_end + 1:] if e["level"] == "none"]
+    if not begins or len(begins) != len(dones) or len(tokens) < 2:
+        raise RuntimeError(f"llama-mtmd-cli: could not read the stages ({len(begins)} encodes, "
+                           f"{len(tokens)} tokens):\n{err[-4000:]}")
+    first, last = tokens[0]["time"], tokens[-1]["time"]
+    encode_us = sum(d - b for b, d in zip(begins, dones))
+    preprocess_us = begins[0] - t0
+    return {"preprocess_ms": preprocess_us / 1e3, "encode_ms": encode_us / 1e3,
+            "prefill_ms": (first - t0 - preprocess_us - encode_us) / 1e3, "ttft_ms": (first - t0) / 1e3,
+            "decode_tok_s": (len(tokens) - 1) / ((last - first) / 1e6), "new_tokens": len(tokens),
+            "image_tokens": tiles * tokens_per_tile, "tiles": tiles, "peak_rss_mb": rss,
+            "answer": "".join(e["msg"] for e in tokens)}

