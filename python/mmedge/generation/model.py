@@ -365,14 +365,19 @@ class Model:
         return np.concatenate(parts)[skip:]
 
     def _encode_one(self, image: Image.Image, stats: GenerationStats) -> np.ndarray:
-        # One image per run (its tiles batched): its features do not depend on which other
-        # images share the batch, so a cached image's features equal those of a fresh encode.
+        # One tile per run: a tile's features do not depend on what shares its batch (so a
+        # cached image's features equal a fresh encode's), and batching tiles only multiplies the
+        # attention buffers. Measured on the SmolVLM-256M tower (13 tiles of a 640x480 frame, 2
+        # threads): one tile a run encodes in 8.7 s at a peak RSS of 819 MB, all 13 in one run
+        # in 11.7 s at 2842 MB (int8 tower: 3.9 s / 546 MB vs 5.0 s / 1969 MB).
         t = time.perf_counter()
         plan = self.layout.plan(image)              # the layout's resizes and tiles
         feed = self._vision_input(plan.tiles)      # preprocessing and patch embedding, fused
         stats.preprocess_ms += (time.perf_counter() - t) * 1e3
         t = time.perf_counter()
-        features = self.layout.assemble(plan, self._vision.run(None, feed)[0])
+        (name, tiles), = feed.items()
+        outputs = [self._vision.run(None, {name: tiles[i:i + 1]})[0] for i in range(len(tiles))]
+        features = self.layout.assemble(plan, np.concatenate(outputs))
         stats.encode_ms += (time.perf_counter() - t) * 1e3
         return features
 
