@@ -176,7 +176,8 @@ def test_tiles_that_overflow_the_context_say_how_many_tokens(exported):
     with pytest.raises(PromptError) as info:
         model.generate("Describe them all.", [big] * 8, max_new_tokens=4)
     text = str(info.value)
-    assert "8192" in text and "4x4 tiles + a global view" in text and "fewer or smaller" in text
+    assert "8192" in text and "8 images, each 900x900 px -> 4x4 tiles + a global view" in text
+    assert "image_longest_edge=1024" in text and "fewer images" in text
 
 
 def test_one_pixel_images_work(exported):

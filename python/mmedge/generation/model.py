@@ -315,9 +315,19 @@ class Model:
         image_tokens = sum(len(plan.token_ids) for plan in plans)
         if not image_tokens:
             return message + "; shorten the prompt."
-        each = "; ".join(f"image {k + 1}: {self.layout.describe(plan)}" for k, plan in enumerate(plans))
-        return (f"{message}, {image_tokens} of them for the images ({each}). Use fewer or smaller "
-                "images (a tiling model gives a smaller image fewer tiles), or shorten the prompt.")
+        described = [self.layout.describe(plan) for plan in plans]
+        if len(set(described)) == 1 and len(plans) > 1:
+            each = f"{len(plans)} images, each {described[0]}"
+        else:
+            each = "; ".join(f"image {k + 1}: {d}" for k, d in enumerate(described))
+        advice = "Use fewer images or shorten the prompt"
+        edge, tile = getattr(self.layout, "longest_edge", None), getattr(self.layout, "tile", None)
+        if edge and tile and edge > tile:   # a tiling layout that could take fewer tiles
+            smaller = max(tile, edge // 2)
+            advice += (f" or give each image fewer tiles: mmedge.load(..., image_longest_edge="
+                       f"{smaller}) (--image-longest-edge {smaller}); images are now resized to "
+                       f"{edge} px")
+        return f"{message}, {image_tokens} of them for the images ({each}). {advice}."
 
     def _position_keys(self, ids: list[int], image_keys: list[str], plans: list[Any]) -> list[Hashable]:
         """What each prompt position holds: its token id, or (image hash, feature index)."""
