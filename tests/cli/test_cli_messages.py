@@ -64,6 +64,18 @@ def test_image_on_a_text_only_bundle_is_refused_when_attached(llm_bundle, tmp_pa
     assert "text-only" in err and "attached" not in err
 
 
+def test_image_longest_edge_typed_wrong_is_refused_clearly(llm_bundle, capsys):
+    """--image-longest-edge: a text-only bundle and a value out of range are errors that say why;
+    a non-number is argparse's usage error. (Its effect on SmolVLM: test_export_smolvlm.py.)"""
+    assert main(["run", str(llm_bundle), "-p", "hi", "--image-longest-edge", "1024"]) == 2
+    err = capsys.readouterr().err
+    assert "error: image_longest_edge was given but this bundle is text-only" in err
+    assert "Traceback" not in err
+    with pytest.raises(SystemExit) as done:
+        main(["run", str(llm_bundle), "-p", "hi", "--image-longest-edge", "big"])
+    assert done.value.code == 2 and "invalid int value: 'big'" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not NO_CUDA, reason="this onnxruntime has CUDA: nothing to fall back from")
 def test_an_explicit_cuda_request_that_cannot_be_met_is_loud(llm_bundle, capsys):
     assert main(["run", str(llm_bundle), "-p", "hi", "--max-new-tokens", "2", "--device", "cuda"]) == 0
