@@ -17,7 +17,7 @@ from .embed import build_embed
 from .text_spec import build_text_spec
 
 SUPPORTED_TEXT_MODELS = ("llama", "qwen2", "mistral")
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                     "generation_config.json", "added_tokens.json")
 
 
@@ -33,18 +33,21 @@ def split_text_model(text_model: Any, lm_head: Any, text_config: Any, target: Pa
     causal.config.architectures = [type(causal).__name__]
     target.mkdir(parents=True, exist_ok=True)
     causal.save_pretrained(str(target))
-    for name in _TOKENIZER_FILES:
+    for name in TOKENIZER_FILES:
         if (tokenizer_folder / name).exists():
             (target / name).write_bytes((tokenizer_folder / name).read_bytes())
     return target
 
 
 def export_language_model(ctx: ExportContext, lm_folder: Path, causal_lm: Any,
-                          text_config: dict[str, Any]) -> None:
+                          text_config: dict[str, Any],
+                          supported: tuple[str, ...] = SUPPORTED_TEXT_MODELS) -> None:
+    """`supported`: the text model types this caller's decoder folder may hold (a Qwen-VL recipe
+    hands the builder its own text model type)."""
     model_type = text_config.get("model_type")
-    if model_type not in SUPPORTED_TEXT_MODELS:
+    if model_type not in supported:
         raise UnsupportedModelError(f"The text model is '{model_type}'; mmedge supports "
-                                    f"{', '.join(SUPPORTED_TEXT_MODELS)}.")
+                                    f"{', '.join(supported)}.")
     ctx.step("decoder graph")
     # Any checkpoint, not only a .gguf import, may hold weights dequantized from GGUF (a LLaVA built
     # around one, as mmedge-tiny-vlm is): grid reuse detects the grid per weight, exactly, and leaves

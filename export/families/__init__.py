@@ -26,6 +26,9 @@ FAMILIES = {
     "Idefics3ForConditionalGeneration": "idefics3",
     "SmolVLMForConditionalGeneration": "idefics3",
     "LlavaOnevisionForConditionalGeneration": "llava_onevision",
+    "Qwen2VLForConditionalGeneration": "qwen2_vl",
+    "Qwen2_5_VLForConditionalGeneration": "qwen2_5_vl",
+    "Qwen3VLForConditionalGeneration": "qwen3_vl",
     "CLIPModel": "clip",
     "SiglipModel": "clip",
 }

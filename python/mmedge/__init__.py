@@ -33,7 +33,7 @@ from mmedge.errors import (BundleError, BusyError, DeviceError, ExportError, Ima
 
 def load(bundle, device: str = "auto", threads=None, verify: bool = True, *, parallel: int = 1,
          queue_timeout: float | None = None, image_cache: int = 16, strict_device: bool = False,
-         image_longest_edge: int | None = None):
+         image_longest_edge: int | None = None, max_pixels: int | None = None):
     """Open a bundle written by `mmedge export`.
 
     `device` is "auto" (CUDA when onnxruntime-gpu and a GPU are present, else CPU), "cpu" or
@@ -44,7 +44,9 @@ def load(bundle, device: str = "auto", threads=None, verify: bool = True, *, par
     refused with `BusyError` where waiting could never end); `image_cache` images' features are
     kept for reuse. `image_longest_edge` (tiling models such as SmolVLM): the longest edge images
     are resized to before tiling, instead of the checkpoint's (fewer tiles, fewer image tokens;
-    transformers' `size={"longest_edge": N}`).
+    transformers' `size={"longest_edge": N}`). `max_pixels` (Qwen-VL): the pixel budget images are
+    resized within, instead of the checkpoint's (about max_pixels / 784 image tokens at most;
+    / 1024 for Qwen3-VL; transformers' `size={"longest_edge": N}` of Qwen2VLImageProcessor).
     Gives a `mmedge.generation.Model` for a (vision-)language model and a `mmedge.clip.ClipModel`
     for a CLIP/SigLIP bundle (family "clip").
     """
@@ -59,7 +61,7 @@ def load(bundle, device: str = "auto", threads=None, verify: bool = True, *, par
 
     return Model(opened, device=device, threads=threads, parallel=parallel,
                  queue_timeout=queue_timeout, image_cache=image_cache, strict_device=strict_device,
-                 image_longest_edge=image_longest_edge)
+                 image_longest_edge=image_longest_edge, max_pixels=max_pixels)
 
 
 __all__ = ["load", "__version__", "MMEdgeError", "BundleError", "BusyError", "DeviceError", "ExportError",

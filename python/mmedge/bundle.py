@@ -175,7 +175,7 @@ def open_bundle(root: str | Path, verify: bool = True) -> Bundle:
 # -- the manifest's shape -------------------------------------------------------------------------
 # A manifest is JSON an exporter wrote, so a few KB; anything near this is not one.
 MAX_MANIFEST_BYTES = 64 << 20
-VLM_FAMILIES = ("llava", "idefics3", "llava_onevision")
+VLM_FAMILIES = ("llava", "idefics3", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 FAMILIES = {"llm": ("embed", "decoder"), "clip": ("image", "text"),
             **{family: ("vision", "embed", "decoder") for family in VLM_FAMILIES}}
 # Graph element types the runtime has no path for: numpy has no bfloat16, so ONNX Runtime's
@@ -267,8 +267,9 @@ def _check_manifest(manifest_path: Path, m: dict[str, Any]) -> None:
         patch = get(image, "image.", "patch_embedding", dict, "a table", optional=True)
         if patch is not None:
             get(patch, "image.patch_embedding.", "file", str, "a file name")
-            for key in ("num_tokens", "patch_size"):
-                positive(patch, "image.patch_embedding.", key)
+            positive(patch, "image.patch_embedding.", "patch_size")
+            if image.get("layout") != "qwen2vl":   # Qwen-VL: the token count varies per image
+                positive(patch, "image.patch_embedding.", "num_tokens")
         newline = get(image, "image.", "image_newline", dict, "a table", optional=True)
         if newline is not None:
             get(newline, "image.image_newline.", "file", str, "a file name")

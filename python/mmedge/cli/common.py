@@ -58,6 +58,10 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
                    help="tiling models (SmolVLM): resize images to this longest edge before "
                         "tiling, instead of the checkpoint's (2048 for SmolVLM-256M); 1024 gives "
                         "at most 2x2 tiles + a global view, i.e. fewer image tokens and a faster answer")
+    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="Qwen-VL: resize images to at most N pixels (multiples of 28 px; 32 for "
+                        "Qwen3-VL) instead of the checkpoint's budget; each 28x28 (32x32) block is "
+                        "one image token, so 200704 caps an image at 256 tokens (Qwen3-VL: 196)")
 
 
 def generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -82,8 +86,8 @@ def load_any(args: argparse.Namespace):
     explicit --device cuda fell back to the CPU."""
     import mmedge
 
-    extra = ({"image_longest_edge": args.image_longest_edge}
-             if getattr(args, "image_longest_edge", None) is not None else {})
+    extra = {key: getattr(args, key) for key in ("image_longest_edge", "max_pixels")
+             if getattr(args, key, None) is not None}
     model = mmedge.load(args.bundle, device=args.device, threads=args.threads,
                         strict_device=args.strict_device, **extra)
     if args.device == "cuda" and model.device.name != "cuda":

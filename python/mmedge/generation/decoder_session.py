@@ -67,6 +67,12 @@ class DecoderSession:
         self.embeds_dtype = _ORT_TO_NUMPY[inputs["inputs_embeds"].type]
         self.kv_dtype = _ORT_TO_NUMPY[inputs["past_key_values.0.key"].type]
         self.has_position_ids = "position_ids" in inputs
+        # M-RoPE (Qwen-VL): position ids [3, batch, seq], given by the caller for a prompt
+        self.mrope = self.has_position_ids and len(inputs["position_ids"].shape) == 3
+        # Qwen3-VL's DeepStack: features added after the first decoder layers (export/deepstack.py)
+        self.deepstack_layers = int(inputs["deepstack_embeds"].shape[0]) \
+            if "deepstack_embeds" in inputs else 0
+        self.hidden_size = inputs["inputs_embeds"].shape[-1]
         self.past_names = [f"past_key_values.{i}.{kv}"
                            for i in range(self.num_layers) for kv in ("key", "value")]
         # The cache lives where the attention op runs: a graph built for the CPU (fp32/int8/int4)
@@ -90,6 +96,9 @@ class KVCache:
         self.decoder = decoder
         self.length = 0                      # positions filled
         self.keys: list[Hashable] = []       # what each filled position holds
+        # M-RoPE: the next text position is length + rope_delta (images advance positions by
+        # less than their token count; transformers' rope_deltas)
+        self.rope_delta = 0
         self._arrays: list[np.ndarray] = []  # the CPU buffers behind the OrtValues
         self._allocate(capacity)
 
@@ -133,9 +142,12 @@ class KVCache:
             n += 1
         return n
 
-    def forward(self, embeds: np.ndarray, keys: Sequence[Hashable]) -> np.ndarray:
+    def forward(self, embeds: np.ndarray, keys: Sequence[Hashable], *,
+                positions: np.ndarray | None = None, deepstack: np.ndarray | None = None) -> np.ndarray:
         """Append `embeds` [seq, hidden] (what `keys` name) to the sequence; return the last
-        position's logits [vocab] as float32."""
+        position's logits [vocab] as float32. M-RoPE decoders take the prompt's `positions`
+        [3, seq] (without them, text positions continue from the last); DeepStack decoders
+        take `deepstack` [layers, seq, hidden] (zeros where not given: text)."""
         seq = embeds.shape[0]
         if len(keys) != seq:
             raise ValueError(f"{seq} embeddings but {len(keys)} keys")
@@ -148,10 +160,25 @@ class KVCache:
                                np.ascontiguousarray(embeds[None], dtype=d.embeds_dtype))
         total = self.length + seq
         binding.bind_cpu_input("attention_mask", np.ones((1, total), dtype=np.int64))
-        if d.has_position_ids:
+        if d.mrope:
+            if positions is None:
+                start = self.length + self.rope_delta
+                positions = np.broadcast_to(np.arange(start, start + seq, dtype=np.int64), (3, seq))
+            positions = np.ascontiguousarray(positions, dtype=np.int64)
+            if positions.shape != (3, seq):
+                raise ValueError(f"M-RoPE positions must be [3, {seq}], got {positions.shape}")
+            binding.bind_cpu_input("position_ids", positions[:, None])
+        elif d.has_position_ids:
             binding.bind_cpu_input("position_ids", np.arange(self.length, total, dtype=np.int64)[None])
+        if d.deepstack_layers:
+            if deepstack is None:
+                deepstack = np.zeros((d.deepstack_layers, seq, d.hidden_size), d.embeds_dtype)
+            binding.bind_cpu_input("deepstack_embeds",
+                                   np.ascontiguousarray(deepstack[:, None], dtype=d.embeds_dtype))
         d.session.run_with_iobinding(binding)
         logits = binding.get_outputs()[-1].numpy()  # outputs come back in binding order; logits last
+        if d.mrope:
+            self.rope_delta = int(positions.max()) + 1 - total
         self.length = total
         self.keys.extend(keys)
         return logits[0, -1].astype(np.float32, copy=False)

@@ -71,10 +71,12 @@ def generate_tokens(cache: KVCache, embed: Callable[[np.ndarray], np.ndarray],
                     prompt_ids: Sequence[int], new_embeds: np.ndarray, new_keys: Sequence,
                     tokenizer: Tokenizer, config: GenerationConfig, sampler: Sampler,
                     context_length: int, stats: GenerationStats,
-                    started: float) -> Iterator[str]:
+                    started: float, prompt_inputs: dict[str, np.ndarray] | None = None) -> Iterator[str]:
     """Yield text chunks as they are decoded. The cache already holds the prompt's first
     `cache.length` positions; `new_embeds` [seq, hidden] (image features written in) and
-    `new_keys` are the rest of it. `embed` maps new token ids [n] to embeddings [n, hidden]."""
+    `new_keys` are the rest of it, with `prompt_inputs` for it where the decoder takes more
+    (M-RoPE positions, DeepStack features; see KVCache.forward). `embed` maps new token ids [n]
+    to embeddings [n, hidden]."""
     room = context_length - len(prompt_ids)
     max_new = min(config.max_new_tokens, room)
     detok = streaming_detokenizer(tokenizer)
@@ -87,7 +89,7 @@ def generate_tokens(cache: KVCache, embed: Callable[[np.ndarray], np.ndarray],
     stats.finish_reason = "length" if max_new == config.max_new_tokens else "context"
     hit_stop_string = False
     t0 = t_decode = time.perf_counter()
-    logits = cache.forward(new_embeds, new_keys)
+    logits = cache.forward(new_embeds, new_keys, **(prompt_inputs or {}))
     for step in range(max_new):
         token = sampler(logits, history)
         if step == 0:

@@ -30,7 +30,7 @@ from PIL import Image
 
 from mmedge.backend import Device, open_session, resolve_device
 from mmedge.bundle import Bundle
-from mmedge.errors import PromptError
+from mmedge.errors import BundleError, PromptError
 from mmedge.generation.decoder_session import CachePool, DecoderSession
 from mmedge.generation.loop import (Generation, GenerationConfig, GenerationStats, generate_tokens,
                                     make_sampler)
@@ -52,7 +52,8 @@ class Model:
 
     def __init__(self, bundle: Bundle, device: str = "auto", threads: int | None = None, *,
                  parallel: int = 1, queue_timeout: float | None = None, image_cache: int = 16,
-                 strict_device: bool = False, image_longest_edge: int | None = None):
+                 strict_device: bool = False, image_longest_edge: int | None = None,
+                 max_pixels: int | None = None):
         from mmedge.vision.feature_cache import ImageFeatureCache
 
         self.bundle = bundle
@@ -68,8 +69,9 @@ class Model:
                                        target=bundle.components["decoder"].get("target", "cpu"))
         self.caches = CachePool(self._decoder, parallel=parallel, timeout=queue_timeout)
         self.image_spec = bundle.image
-        if image_longest_edge is not None and self.image_spec is None:
-            raise PromptError("image_longest_edge was given but this bundle is text-only.")
+        for knob, value in (("image_longest_edge", image_longest_edge), ("max_pixels", max_pixels)):
+            if value is not None and self.image_spec is None:
+                raise PromptError(f"{knob} was given but this bundle is text-only.")
         self._vision = None
         self._vision_input = None
         self.layout = None
@@ -79,7 +81,7 @@ class Model:
             from mmedge.vision.layouts import image_layout
 
             self.layout = image_layout(self.image_spec, self.tokenizer, bundle.root,
-                                       longest_edge=image_longest_edge)
+                                       longest_edge=image_longest_edge, max_pixels=max_pixels)
             self._vision = open_session(bundle.path_of("vision"), self.device, threads,
                                         spinning=False)
             self._vision_input = VisionInput(bundle.root, bundle.manifest,
@@ -140,7 +142,11 @@ class Model:
     def preprocess(self, images: Sequence[Any]) -> np.ndarray:
         """Images -> `pixel_values` [tiles, 3, H, W] float32 for all their tiles in order (one
         per image in the "single" layout), as transformers' image processor makes them (what the
-        reference model takes; the bundle's own path fuses this into the kernel)."""
+        reference model takes; the bundle's own path fuses this into the kernel). Qwen-VL:
+        the processor's patch rows [patches, 3 * T * P * P] of every image, in order."""
+        if hasattr(self.layout, "pixel_values"):
+            return np.concatenate([self.layout.pixel_values(self.plan_image(image))
+                                   for image in _image_list(images)])
         return self._vision_input.preprocessor(self._tiles(images))
 
     def _tiles(self, images: Sequence[Any]) -> list[Any]:
@@ -211,18 +217,47 @@ class Model:
     def prompt_embeddings(self, ids: Sequence[int], features: np.ndarray | None) -> np.ndarray:
         """Token embeddings of `ids` with image features [slots, hidden] written, in order, into
         the image-token slots."""
+        return self._prompt_feed(ids, features)[0]
+
+    def _prompt_feed(self, ids: Sequence[int], features: np.ndarray | None,
+                     positions: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """`prompt_embeddings`, and the decoder's other inputs for those positions: M-RoPE
+        `positions` [3, len(ids)] where given, and DeepStack's features (the columns of
+        `features` past the hidden size) at the image slots, zeros elsewhere."""
         embeds = self.embed_tokens(np.asarray(ids, dtype=np.int64))
+        extra: dict[str, np.ndarray] = {}
+        if positions is not None:
+            extra["positions"] = positions
+        layers = self._decoder.deepstack_layers
+        if layers:
+            extra["deepstack"] = np.zeros((layers,) + embeds.shape, embeds.dtype)
         if features is not None and len(features):
+            features = features.reshape(-1, features.shape[-1])
+            hidden = embeds.shape[-1]
             slots = np.flatnonzero(np.asarray(ids) == self.image_spec["image_token_id"])
-            embeds[slots] = features.reshape(-1, features.shape[-1]).astype(embeds.dtype)
-        return embeds
+            embeds[slots] = features[:, :hidden].astype(embeds.dtype)
+            if layers:
+                stacked = features[:, hidden:].reshape(len(features), layers, hidden)
+                extra["deepstack"][:, slots] = stacked.transpose(1, 0, 2)
+        return embeds, extra
 
     def prompt_logits(self, ids: list[int], images: Sequence[Any] = ()) -> np.ndarray:
         """Logits [vocab] at the last position of a prompt, prefilled from scratch (used by
         export's parity check)."""
-        features = self.encode_images(images) if images else None
+        features = np.concatenate([self.image_features_of(image) for image in images]) \
+            if images else None
+        embeds, extra = self._prompt_feed(ids, features, self._rope_positions(ids, images))
         cache = self._decoder.new_cache(len(ids))
-        return cache.forward(self.prompt_embeddings(ids, features), ids)
+        return cache.forward(embeds, ids, **extra)
+
+    def _rope_positions(self, ids: Sequence[int], images: Sequence[Any]) -> np.ndarray | None:
+        """M-RoPE positions [3, len(ids)] of a whole prompt (None for other decoders)."""
+        if not self._decoder.mrope:
+            return None
+        if self.layout is None or not hasattr(self.layout, "rope_positions"):
+            raise BundleError("the decoder takes M-RoPE positions but the bundle's image layout "
+                              "does not define them; the bundle is damaged. Re-run `mmedge export`.")
+        return self.layout.rope_positions(ids, self._plans(images))
 
     # -- the API ---------------------------------------------------------------------------------
     def generate(self, prompt: str | None = None, images: Sequence[Any] | Any | None = None, *,
@@ -289,13 +324,15 @@ class Model:
         cache, reused = self.caches.acquire(keys, len(ids) + room, reuse=reuse)
         try:
             features = self._features_from(reused, ids, loaded, plans, image_keys, stats, reuse)
-            embeds = self.prompt_embeddings(ids[reused:], features)
+            positions = self._rope_positions(ids, plans)
+            embeds, extra = self._prompt_feed(ids[reused:], features,
+                                              None if positions is None else positions[:, reused:])
         except BaseException:
             cache.truncate(0)
             self.caches.release(cache)
             raise
         chunks = generate_tokens(cache, self.embed_tokens, ids, embeds, keys[reused:], self.tokenizer,
-                                 config, sampler, self.context_length, stats, started)
+                                 config, sampler, self.context_length, stats, started, extra)
         return Generation(chunks, stats, lambda: self.caches.release(cache))
 
     def _load_images(self, images: list[Any]) -> tuple[list[Image.Image], list[str]]:
@@ -327,6 +364,13 @@ class Model:
             advice += (f" or give each image fewer tiles: mmedge.load(..., image_longest_edge="
                        f"{smaller}) (--image-longest-edge {smaller}); images are now resized to "
                        f"{edge} px")
+        budget = getattr(self.layout, "max_pixels", None)
+        if budget:   # a pixel-budget layout (Qwen-VL): a smaller budget, fewer tokens
+            largest = max(plan.grid["resized"][0] * plan.grid["resized"][1] for plan in plans)
+            smaller = max(self.layout.factor ** 2, self.layout.min_pixels, largest // 4)
+            advice += (f" or resize images within a smaller pixel budget: mmedge.load(..., "
+                       f"max_pixels={smaller}) (--max-pixels {smaller}) takes about a quarter of "
+                       f"the tokens; the budget is now {budget} px")
         return f"{message}, {image_tokens} of them for the images ({each}). {advice}."
 
     def _position_keys(self, ids: list[int], image_keys: list[str], plans: list[Any]) -> list[Hashable]:
@@ -375,19 +419,14 @@ class Model:
         return np.concatenate(parts)[skip:]
 
     def _encode_one(self, image: Image.Image, stats: GenerationStats) -> np.ndarray:
-        # One tile per run: a tile's features do not depend on what shares its batch (so a
-        # cached image's features equal a fresh encode's), and batching tiles only multiplies the
-        # attention buffers. Measured on the SmolVLM-256M tower (13 tiles of a 640x480 frame, 2
-        # threads): one tile a run encodes in 8.7 s at a peak RSS of 819 MB, all 13 in one run
-        # in 11.7 s at 2842 MB (int8 tower: 3.9 s / 546 MB vs 5.0 s / 1969 MB).
+        # The layout decides the runs (one tile a run: a tile's features then do not depend on
+        # what shares its batch, so a cached image's features equal a fresh encode's).
         t = time.perf_counter()
-        plan = self.layout.plan(image)              # the layout's resizes and tiles
-        feed = self._vision_input(plan.tiles)      # preprocessing and patch embedding, fused
+        plan = self.layout.plan(image)                               # the layout's resizes and tiles
+        feeds = self.layout.vision_feeds(plan, self._vision_input)  # preprocessing + patch embedding
         stats.preprocess_ms += (time.perf_counter() - t) * 1e3
         t = time.perf_counter()
-        (name, tiles), = feed.items()
-        outputs = [self._vision.run(None, {name: tiles[i:i + 1]})[0] for i in range(len(tiles))]
-        features = self.layout.assemble(plan, np.concatenate(outputs))
+        features = self.layout.features(plan, [self._vision.run(None, feed) for feed in feeds])
         stats.encode_ms += (time.perf_counter() - t) * 1e3
         return features
 

@@ -54,8 +54,9 @@ def _load_weights(root: Path, entry: Mapping[str, Any], files: Mapping[str, Any]
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
+    # num_tokens None: the token count varies per image (Qwen-VL) and there are no positions
     name, tokens = entry.get("file"), entry.get("num_tokens")
-    if not isinstance(tokens, int) or isinstance(tokens, bool):
+    if tokens is not None and (not isinstance(tokens, int) or isinstance(tokens, bool)):
         raise BundleError(f"the manifest's patch_embedding has num_tokens {tokens!r:.40}, not a "
                           "token count. The bundle is damaged; re-run `mmedge export`.")
     if not isinstance(name, str) or name not in files:
@@ -73,7 +74,8 @@ def _load_weights(root: Path, entry: Mapping[str, Any], files: Mapping[str, Any]
         expect = {"position_embedding": (tokens, dim), "bias": (dim,), "class_embedding": (dim,)}
         problems += [f"'{k}' is {weights[k].shape}, expected {v}" for k, v in expect.items()
                      if k in weights and weights[k].shape != v]
-        if "position_embedding" not in weights or p != q or p != entry.get("patch_size"):
+        if ("position_embedding" not in weights and tokens is not None) or p != q \
+                or p != entry.get("patch_size"):
             problems.append("position embeddings or a square patch size are missing")
     if any(w.dtype != np.float32 for w in weights.values()):
         problems.append("every tensor must be float32")
@@ -92,6 +94,7 @@ class VisionInput:
         # `spec`: what each image is preprocessed with, when it is not the manifest's own "image"
         # entry (a tiling layout's per-tile spec; see mmedge.vision.layouts).
         spec = manifest["image"] if spec is None else spec
+        self.spec = spec
         self.preprocessor = ImagePreprocessor(spec)
         self.input_name = input_name
         self.threads = threads or 0
@@ -104,7 +107,8 @@ class VisionInput:
                               f"{'has no patch_embedding entry' if entry is None else 'names no tokens input'}"
                               "; the bundle is damaged or from another tool. Re-run `mmedge export`.")
         self.weights = _load_weights(root, entry, manifest["files"])
-        self.num_tokens, self.dim = self.weights["position_embedding"].shape
+        self.dim = self.weights["weight"].shape[0]
+        self.num_tokens = entry["num_tokens"]   # None: it varies with the image (embed_resized)
         bicubic = not self.preprocessor.do_resize or self.preprocessor.resample == Image.Resampling.BICUBIC
         self.path = "kernel" if prefer_kernel and bicubic and kernels.available() else "numpy"
 
@@ -123,3 +127,19 @@ class VisionInput:
             frame = np.asarray(load_image(image, max_pixels=self.preprocessor.max_pixels))
             kernels.patch_embed(frame, self.preprocessor, self.weights, out=out[i], num_threads=self.threads)
         return {TOKENS_INPUT: out}
+
+    def embed_resized(self, image: ImageLike, height: int, width: int) -> np.ndarray:
+        """One image resized to exactly `height` x `width` (the family's filter, on the uint8
+        image) -> its patch tokens float32 [(height/P) * (width/P), D], row-major, without
+        position embeddings: for layouts that size each image themselves (Qwen-VL)."""
+        spec = {**self.spec, "do_resize": True, "size": {"height": height, "width": width},
+                "image_size": [height, width], "do_center_crop": False, "crop_size": None}
+        preprocessor = ImagePreprocessor(spec, max_pixels=self.preprocessor.max_pixels)
+        weights = {k: v for k, v in self.weights.items() if k != "position_embedding"}
+        if self.path == "kernel":
+            frame = np.asarray(load_image(image, max_pixels=preprocessor.max_pixels))
+            return kernels.patch_embed(frame, preprocessor, weights, num_threads=self.threads)
+        pixels = preprocessor([image])
+        p = weights["weight"].shape[-1]
+        weights["position_embedding"] = np.zeros(((height // p) * (width // p), self.dim), np.float32)
+        return patch_embed_numpy(pixels, weights)[0]

@@ -8,11 +8,14 @@ model family's image layout (the manifest's image["layout"]):
   `<fake_token_around_image>` and `<row_i_col_j>` / `<global-img>` tags.
 - "anyres" (LLaVA-OneVision): a grid of tiles chosen from the checkpoint's pinpoints plus the base
   image; the tile features are stitched into one map, unpadded and given a newline row marker.
+- "qwen2vl" (Qwen2-VL, Qwen2.5-VL, Qwen3-VL): the whole image resized to multiples of 28/32 px
+  within a pixel budget, one variable-length run of the vision graph, M-RoPE positions for the LLM.
 
 A layout gives, for each image, an `ImagePlan`: the tiles (uint8 RGB arrays, or PIL images for
 "single" where the patch-embedding kernel does the resize), the token ids that replace the image's
 placeholder in the prompt (the image token id marks a feature slot), and the number of slots.
-`assemble` turns the image graph's outputs for the tiles into the features of those slots, in order.
+`vision_feeds` gives the image graph's inputs, one feed per run (by default one tile a run), and
+`features` (by default `assemble`) turns the runs' outputs into the features of those slots, in order.
 Nothing here imports torch or `mmedge.export`.
 """
 
@@ -36,6 +39,7 @@ LAYOUTS = {
     "single": "single:SingleLayout",
     "idefics3": "idefics3:Idefics3Layout",
     "anyres": "anyres:AnyresLayout",
+    "qwen2vl": "qwen2vl:QwenVLLayout",
 }
 
 
@@ -85,6 +89,18 @@ class ImageLayout:
         """How the image was laid out, for error messages ("4x3 tiles + global view")."""
         return f"{plan.num_slots} image tokens"
 
+    def vision_feeds(self, plan: ImagePlan, vision_input: Any) -> list[dict[str, np.ndarray]]:
+        """The image graph's inputs for the plan's tiles, one run per tile: a tile's features do
+        not depend on what shares its batch, and batching tiles only multiplies the attention
+        buffers (measured on the SmolVLM-256M tower, 13 tiles, 2 threads: one tile a run 8.7 s at
+        819 MB peak RSS, all 13 in one run 11.7 s at 2842 MB)."""
+        (name, tiles), = vision_input(plan.tiles).items()
+        return [{name: tiles[i:i + 1]} for i in range(len(tiles))]
+
+    def features(self, plan: ImagePlan, outputs: list[list[np.ndarray]]) -> np.ndarray:
+        """The runs' outputs (each run's list of graph outputs) -> the slots' features."""
+        return self.assemble(plan, np.concatenate([run[0] for run in outputs]))
+
 
 def tile_preprocessing(spec: Mapping[str, Any], tile: int) -> dict[str, Any]:
     """The per-tile preprocessing of a tiling layout: its tiles are already tile x tile uint8, so
@@ -109,14 +125,23 @@ def resize_uint8(image: Image.Image, height: int, width: int, resample: Image.Re
 
 
 def image_layout(spec: Mapping[str, Any], tokenizer: Any, root: Path, *,
-                 longest_edge: int | None = None) -> ImageLayout:
+                 longest_edge: int | None = None, max_pixels: int | None = None) -> ImageLayout:
     """The layout a manifest's "image" entry names (bundles from before layouts: "single").
     `longest_edge` replaces a resizing layout's size["longest_edge"] (the caller's choice of
-    fewer or more tiles, as transformers' processor takes `size=`)."""
+    fewer or more tiles, as transformers' processor takes `size=`); `max_pixels` replaces a
+    Qwen-VL layout's pixel budget (fewer image tokens, faster)."""
     name = spec.get("layout", "single")
     if name not in LAYOUTS:
         raise BundleError(f"the bundle's image layout {name!r:.40} is not one this mmedge knows "
                           f"({', '.join(sorted(LAYOUTS))}); upgrade mmedge or re-export the bundle.")
+    if max_pixels is not None:
+        if name != "qwen2vl":
+            raise PromptError("max_pixels applies to models that resize images within a pixel "
+                              f"budget (Qwen-VL); this one's layout is {name!r}. Leave it out"
+                              + (" (SmolVLM takes image_longest_edge)." if name == "idefics3" else "."))
+        from .qwen2vl import QwenVLLayout
+
+        return QwenVLLayout(spec, tokenizer, root, max_pixels=max_pixels)
     if longest_edge is not None:
         if "longest_edge" not in (spec.get("size") or {}):
             raise PromptError("image_longest_edge applies to models that resize images by their "
