@@ -259,3 +259,19 @@ def test_quantized_decoder_close_to_fp32(tmp_path_factory, precision):
     relative = parity["max_logit_diff"] / parity["logit_scale"]
     assert relative < {"int8": 0.04, "int4": 0.3}[precision], parity
     assert parity["same_first_token"], parity
+
+
+def test_cli_max_pixels_answers_as_the_python_api(exported, tmp_path, capsys):
+    from mmedge.cli import main
+
+    _, _, bundle, _, _ = exported
+    photo = tmp_path / "photo.png"
+    PHOTO.save(photo)
+    args = ["run", str(bundle), "--image", str(photo), "-p", "Describe it.", "--max-new-tokens", "6"]
+    assert main(args + ["--max-pixels", "100000"]) == 0
+    out = capsys.readouterr().out
+    expected = mmedge.load(bundle, device="cpu", max_pixels=100000).generate(
+        "Describe it.", images=[PHOTO], max_new_tokens=6)
+    assert out.strip() == expected.strip()
+    assert main(args + ["--image-longest-edge", "512"]) == 2
+    assert "pass max_pixels instead" in capsys.readouterr().err

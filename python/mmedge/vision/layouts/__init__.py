@@ -145,8 +145,9 @@ def image_layout(spec: Mapping[str, Any], tokenizer: Any, root: Path, *,
     if longest_edge is not None:
         if "longest_edge" not in (spec.get("size") or {}):
             raise PromptError("image_longest_edge applies to models that resize images by their "
-                              f"longest edge before tiling (SmolVLM); this one's layout is {name!r}, "
-                              "whose image size is fixed. Leave it out.")
+                              f"longest edge before tiling (SmolVLM); this one's layout is {name!r}"
+                              + (", which resizes within a pixel budget: pass max_pixels instead."
+                                 if name == "qwen2vl" else ", whose image size is fixed. Leave it out."))
         if isinstance(longest_edge, bool) or not isinstance(longest_edge, int) \
                 or not 1 <= longest_edge <= MAX_LONGEST_EDGE:
             raise PromptError(f"image_longest_edge must be a whole number of pixels from 1 to "
