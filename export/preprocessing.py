@@ -86,6 +86,23 @@ def read_image_processor_config(folder: Path) -> dict[str, Any]:
                       "(processor.save_pretrained), or copy those files from the original checkpoint.")
 
 
+def processor_getter(processor: Mapping[str, Any], classes: tuple[str, ...],
+                     defaults: Mapping[str, Any], recipe: str, assumed: str = ""):
+    """Refuse an image processor class (`image_processor_type`, its Fast/Pil suffix dropped;
+    `assumed` where the config names none) that the recipe does not reproduce; return a getter
+    of the config's keys, falling back to `defaults` (the class's) where a key is absent or null."""
+    name = str(processor.get("image_processor_type") or assumed)
+    if name.removesuffix("Fast").removesuffix("Pil") not in classes:
+        raise UnsupportedModelError(f"the image processor is {name or 'not named'}; mmedge's {recipe} "
+                                    f"recipe reproduces {', '.join(classes)}.")
+
+    def get(key: str) -> Any:
+        value = processor.get(key)
+        return defaults[key] if value is None else value
+
+    return get
+
+
 def read_processor_config(folder: Path) -> dict[str, Any]:
     """`processor_config.json` (the processor's own keys, e.g. image_seq_len), or {}."""
     path = folder / "processor_config.json"

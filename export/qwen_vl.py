@@ -41,7 +41,7 @@ from .context import ExportContext
 from .language_model import export_language_model
 from .onnx_utils import quiet_torch_export
 from .patch_embedding import PATCH_FILE
-from .preprocessing import read_image_processor_config
+from .preprocessing import processor_getter, read_image_processor_config
 from .vision import EXTERNAL_DATA_BYTES, _value_info, add_vision_component
 
 VISION_FILE = "vision.onnx"
@@ -188,14 +188,8 @@ def image_spec(folder: Path, config: Mapping[str, Any], generation: str) -> dict
     legacy `min_pixels`/`max_pixels` keys or transformers 5's size {shortest_edge, longest_edge}),
     checked against the vision config; refuses what the layout does not implement, naming it."""
     processor = read_image_processor_config(folder)
-    name = str(processor.get("image_processor_type") or "Qwen2VLImageProcessor")
-    if name.removesuffix("Fast").removesuffix("Pil") not in PROCESSOR_CLASSES:
-        raise UnsupportedModelError(f"the image processor is {name}; mmedge's Qwen-VL recipes "
-                                    f"reproduce {', '.join(PROCESSOR_CLASSES)}.")
-
-    def get(key: str) -> Any:
-        value = processor.get(key)
-        return _DEFAULTS[key] if value is None else value
+    get = processor_getter(processor, PROCESSOR_CLASSES, _DEFAULTS, "Qwen-VL",
+                           assumed="Qwen2VLImageProcessor")
 
     size = processor.get("size") or {}
     min_pixels = processor.get("min_pixels") or size.get("shortest_edge") or _DEFAULTS["min_pixels"]
@@ -235,12 +229,9 @@ def image_spec(folder: Path, config: Mapping[str, Any], generation: str) -> dict
 
 def token_ids(tokenizer, config: Mapping[str, Any]) -> dict[str, Any]:
     """The image placeholder and the tokens around it, checked against config.json."""
-    found = {token: tokenizer.convert_tokens_to_ids(token)
-             for token in (IMAGE_TOKEN, VISION_START, VISION_END)}
-    unknown = [t for t, i in found.items() if i is None or i == tokenizer.unk_token_id]
-    if unknown:
-        raise ExportError(f"the tokenizer has no {', '.join(unknown)} token(s), which Qwen-VL's "
-                          "prompt needs; is this the checkpoint's own tokenizer?")
+    from .text_spec import special_token_ids
+
+    found = special_token_ids(tokenizer, (IMAGE_TOKEN, VISION_START, VISION_END), "Qwen-VL")
     for token, key in ((IMAGE_TOKEN, "image_token_id"), (VISION_START, "vision_start_token_id"),
                        (VISION_END, "vision_end_token_id")):
         if key in config and int(config[key]) != found[token]:

@@ -27,6 +27,17 @@ def load_tokenizer(folder: Path):
         raise ExportError(f"Could not load the tokenizer in {folder}: {e}") from None
 
 
+def special_token_ids(tokenizer, tokens: tuple[str, ...], family: str) -> dict[str, int]:
+    """The ids of the prompt tokens a family's image layout needs, refused when the tokenizer
+    lacks one (an exporter handed another checkpoint's tokenizer)."""
+    found = {token: tokenizer.convert_tokens_to_ids(token) for token in tokens}
+    unknown = [t for t, i in found.items() if i is None or i == tokenizer.unk_token_id]
+    if unknown:
+        raise ExportError(f"the tokenizer has no {', '.join(unknown)} token(s), which {family}'s "
+                          "prompt needs; is this the checkpoint's own tokenizer?")
+    return found
+
+
 def _processor_chat_template(folder: Path) -> str | None:
     for name in ("chat_template.jinja", "chat_template.json"):
         path = folder / name

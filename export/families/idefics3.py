@@ -25,7 +25,8 @@ from mmedge.errors import ExportError, UnsupportedModelError
 from ..context import ExportContext
 from ..language_model import export_language_model, split_text_model
 from ..patch_embedding import TOKENS_INPUT, sample_tokens, save_patch_weights
-from ..preprocessing import read_image_processor_config, read_processor_config
+from ..preprocessing import processor_getter, read_image_processor_config, read_processor_config
+from ..text_spec import special_token_ids
 from ..vision import add_vision_component, check_feature_shape, compare, trace_image_graph
 
 VISION_FILE = "vision.onnx"
@@ -77,14 +78,7 @@ def tokens_per_tile(config: Mapping[str, Any]) -> int:
 def image_spec(processor: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
     """The manifest's image entry (without the token ids and patch embedding) from the image
     processor's config; refuses what the runtime's layout does not implement, naming the key."""
-    name = str(processor.get("image_processor_type") or "")
-    if name.removesuffix("Fast").removesuffix("Pil") not in PROCESSOR_CLASSES:
-        raise UnsupportedModelError(f"the image processor is {name or 'not named'}; mmedge's SmolVLM "
-                                    f"recipe reproduces {', '.join(PROCESSOR_CLASSES)}.")
-
-    def get(key: str) -> Any:
-        value = processor.get(key)
-        return _DEFAULTS[key] if value is None else value
+    get = processor_getter(processor, PROCESSOR_CLASSES, _DEFAULTS, "SmolVLM")
 
     def longest_edge(key: str) -> int:
         value = get(key)
@@ -138,12 +132,7 @@ def _check_position_ids(model: torch.nn.Module, tile: int) -> None:
 
 def _tokens(tokenizer, config: Mapping[str, Any]) -> dict[str, Any]:
     image_id = int(config["image_token_id"])
-    found = {token: tokenizer.convert_tokens_to_ids(token)
-             for token in (FAKE_IMAGE_TOKEN, GLOBAL_IMAGE_TOKEN, IMAGE_TOKEN)}
-    unknown = [t for t, i in found.items() if i is None or i == tokenizer.unk_token_id]
-    if unknown:
-        raise ExportError(f"the tokenizer has no {', '.join(unknown)} token(s), which SmolVLM's "
-                          "prompt needs; is this the checkpoint's own tokenizer?")
+    found = special_token_ids(tokenizer, (FAKE_IMAGE_TOKEN, GLOBAL_IMAGE_TOKEN, IMAGE_TOKEN), "SmolVLM")
     if found[IMAGE_TOKEN] != image_id:
         raise ExportError(f"config.json's image_token_id is {image_id} but the tokenizer encodes "
                           f"{IMAGE_TOKEN} as {found[IMAGE_TOKEN]}; the checkpoint is inconsistent.")

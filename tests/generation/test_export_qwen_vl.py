@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import mmedge  # noqa: E402
+from _scenes import scene  # noqa: E402
 from mmedge.errors import BundleError, ImageError, PromptError  # noqa: E402
 from mmedge.export import export_model  # noqa: E402
 from mmedge.models.qwen_vl import build  # noqa: E402
@@ -35,14 +35,6 @@ FIXTURE = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "
 pytestmark = pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"needs the shared fixtures at {FIXTURE}")
 NEW_TOKENS = 12
 IMAGE_PAD = 151655
-
-
-def scene(seed: int, size: tuple[int, int]) -> Image.Image:
-    """A random RGB picture (width, height) with a coloured block, different per seed."""
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    pixels[size[1] // 4: size[1] // 2, size[0] // 4: size[0] // 2] = rng.integers(0, 256, 3, dtype=np.uint8)
-    return Image.fromarray(pixels)
 
 
 # a landscape photo and a tall narrow one: different grids, aspect ratios, window splits
@@ -275,3 +267,6 @@ def test_cli_max_pixels_answers_as_the_python_api(exported, tmp_path, capsys):
     assert out.strip() == expected.strip()
     assert main(args + ["--image-longest-edge", "512"]) == 2
     assert "pass max_pixels instead" in capsys.readouterr().err
+    assert main(["info", str(bundle)]) == 0
+    info = capsys.readouterr().out
+    assert "resized to multiples of" in info and "per-image tokens" in info

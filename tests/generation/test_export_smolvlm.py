@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import mmedge  # noqa: E402
+from _scenes import scene  # noqa: E402
 from mmedge.errors import PromptError, UnsupportedModelError  # noqa: E402
 from mmedge.export import export_model  # noqa: E402
 from mmedge.models.smolvlm import build_tiny_smolvlm, smolvlm_processor  # noqa: E402
@@ -37,14 +37,6 @@ from mmedge.models.smolvlm import build_tiny_smolvlm, smolvlm_processor  # noqa:
 FIXTURE = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "hf" / "smolvlm-256m-instruct"
 pytestmark = pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"needs the shared fixtures at {FIXTURE}")
 NEW_TOKENS = 16
-
-
-def scene(seed: int, size: tuple[int, int]) -> Image.Image:
-    """A random RGB picture (width, height) with a coloured block, different per seed."""
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    pixels[size[1] // 4: size[1] // 2, size[0] // 4: size[0] // 2] = rng.integers(0, 256, 3, dtype=np.uint8)
-    return Image.fromarray(pixels)
 
 
 WIDE, TALL = scene(0, (320, 240)), scene(1, (150, 420))    # 3x4 and 4x2 tiles (+ global views)

@@ -57,12 +57,18 @@ def format_info(info: dict[str, Any]) -> str:
                  if im["do_image_splitting"] else "one tile")
         lines.append(f"image      longest edge to {im['size']['longest_edge']}px, {split}, "
                      f"{im['tokens_per_tile']} tokens per tile ({im['image_token']})")
+    elif im.get("layout") == "qwen2vl":
+        factor = im["patch_size"] * im["merge_size"]
+        lines.append(f"image      {im['generation']}: resized to multiples of {factor}px within "
+                     f"{im['min_pixels']}-{im['max_pixels']} pixels (--max-pixels), one token per "
+                     f"{factor}x{factor} block ({im['image_token']})")
     elif im.get("layout"):
         lines.append(f"image      {im['layout']} layout, {im['image_size'][0]}x{im['image_size'][1]} "
                      f"tiles ({im.get('image_token', '')})")
     if info["image"] and "patch_embedding" in info["image"]:
         pe = info["image"]["patch_embedding"]
-        lines.append(f"patches    {pe['num_tokens']} tokens x {pe['dim']} from {pe['patch_size']}px patches, "
+        tokens = pe["num_tokens"] if pe["num_tokens"] is not None else "per-image"
+        lines.append(f"patches    {tokens} tokens x {pe['dim']} from {pe['patch_size']}px patches, "
                      f"by mmedge's patch-embedding kernel ({pe['file']})")
     lines.append("graphs")
     for name, comp in info["components"].items():

@@ -120,6 +120,9 @@ class VisionInput:
             raise ImageError("no images were given; pass at least one image.")
         if self.path == "pixels":
             return {PIXELS_INPUT: self.preprocessor(images)}
+        if self.num_tokens is None:
+            raise BundleError("this bundle's images take a number of patch tokens that depends on "
+                              "their size; use embed_resized (its image layout does).")
         if self.path == "numpy":
             return {TOKENS_INPUT: patch_embed_numpy(self.preprocessor(images), self.weights)}
         out = np.empty((len(images), self.num_tokens, self.dim), dtype=np.float32)
