@@ -13,8 +13,10 @@ Graph inputs, one image a run (N patches, a dynamic axis):
   patch_tokens    float32 [N, D]  the folded conv's output, in merge order (Qwen2.5-VL: window order)
   patch_positions int64   [N, 2]  each patch's (row, column), in the same order; the graph turns
                                   them into the tower's 2D rotary tables with its own module
-  window_ids      int64   [N]     Qwen2.5-VL: the attention window of each patch (windowed layers
-                                  attend within a window, the `fullatt_block_indexes` ones over all)
+  window_gather   int64 [windows, size]  Qwen2.5-VL: the patches of each attention window (padded
+  window_scatter  int64 [N]              with N), and each patch's slot among them: the windowed
+                                  layers attend within a window, the `fullatt_block_indexes` ones
+                                  over all
   pos_index       int64   [N, 4]  Qwen3-VL: the learned position grid's bilinear taps ...
   pos_weight      float32 [N, 4]  ... and their weights (transformers' interpolation, precomputed)
 Outputs: `image_features` float32 [N/4, text_hidden] (the merger's rows), and for Qwen3-VL
@@ -24,7 +26,7 @@ after its first layers (export/deepstack.py).
 
 Attention is written here rather than called from transformers: transformers splits the sequence
 by `cu_seqlens` with `.tolist()`, which cannot be traced; one image a run needs no split (full
-attention) and windows become a mask.
+attention), and windows become rows of a gather (`_window_attention`).
 """
 
 from __future__ import annotations
@@ -75,15 +77,35 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos[:, None] + rotated * sin[:, None]
 
 
-def _attention(attn: torch.nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-               mask: torch.Tensor | None) -> torch.Tensor:
+def _qkv(attn: torch.nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """The block's q, k, v [N, heads, hd], q and k rotated."""
+    q, k, v = attn.qkv(x).reshape(x.shape[0], 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    return _rotate(q, cos, sin), _rotate(k, cos, sin), v
+
+
+def _attention(attn: torch.nn.Module, x: torch.Tensor, cos: torch.Tensor,
+               sin: torch.Tensor) -> torch.Tensor:
+    """Full attention over the image's patches."""
     n = x.shape[0]
-    q, k, v = attn.qkv(x).reshape(n, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
-    q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-    q, k, v = (t.transpose(0, 1)[None] for t in (q, k, v))      # [1, heads, N, hd]
-    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                                           scale=attn.scaling)
+    q, k, v = (t.transpose(0, 1)[None] for t in _qkv(attn, x, cos, sin))   # [1, heads, N, hd]
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=attn.scaling)
     return attn.proj(out[0].transpose(0, 1).reshape(n, -1))
+
+
+def _window_attention(attn: torch.nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                      gather: torch.Tensor, scatter: torch.Tensor) -> torch.Tensor:
+    """Attention within windows (Qwen2.5-VL): the patches of each window gathered into a row of
+    `gather` [windows, size] (padded with N, a zero row), attention per row with the padding
+    masked out, and each patch's output taken back from its slot `scatter` [N]. Costs N x size
+    scores a head instead of N x N (a 1280x720 image: 4,800 patches, windows of 64)."""
+    n = x.shape[0]
+    padded = [torch.cat([t, t.new_zeros(1, *t.shape[1:])]) for t in _qkv(attn, x, cos, sin)]
+    q, k, v = (t[gather].permute(0, 2, 1, 3) for t in padded)               # [windows, heads, size, hd]
+    valid = (gather < n)[:, None, None, :]
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=valid,
+                                                           scale=attn.scaling)
+    out = out.permute(0, 2, 1, 3).reshape(-1, x.shape[1])[scatter]
+    return attn.proj(out)
 
 
 class VisionGraph(torch.nn.Module):
@@ -104,14 +126,14 @@ class VisionGraph(torch.nn.Module):
             taps = visual.pos_embed(given["pos_index"]) * given["pos_weight"][:, :, None]
             hidden = hidden + taps.sum(1)
         cos, sin = visual.rotary_pos_emb(hidden, positions)
-        window_mask = None
-        if "window_ids" in given:
-            ids = given["window_ids"]
-            window_mask = ids[:, None] == ids[None, :]
         deepstack = []
         for index, block in enumerate(visual.blocks):
-            mask = window_mask if index in self.windowed else None
-            hidden = hidden + _attention(block.attn, block.norm1(hidden), cos, sin, mask)
+            x = block.norm1(hidden)
+            if index in self.windowed:
+                hidden = hidden + _window_attention(block.attn, x, cos, sin, given["window_gather"],
+                                                    given["window_scatter"])
+            else:
+                hidden = hidden + _attention(block.attn, x, cos, sin)
             hidden = hidden + block.mlp(block.norm2(hidden))
             if index in self.deepstack:
                 merger = visual.deepstack_merger_list[self.deepstack.index(index)]
@@ -130,7 +152,8 @@ def sample_inputs(names: Sequence[str], dim: int, grid: tuple[int, int] = (8, 12
     samples = {
         "patch_tokens": torch.randn(n, dim, generator=generator),
         "patch_positions": torch.from_numpy(np.stack([rows.ravel(), cols.ravel()], -1)),
-        "window_ids": torch.arange(n) // 16,
+        "window_gather": torch.arange(n).reshape(n // 16, 16),
+        "window_scatter": torch.arange(n),
         "pos_index": torch.randint(0, 4, (n, 4), generator=generator),
         "pos_weight": torch.rand(n, 4, generator=generator),
     }
@@ -144,7 +167,8 @@ def trace_vision(graph: VisionGraph, dim: int, out_path: Path, output_names: Seq
 
     sample = sample_inputs(graph.inputs, dim)
     patches = torch.export.Dim("patches", min=4)
-    shapes = tuple({0: patches} for _ in sample)
+    windows = {0: torch.export.Dim("windows"), 1: torch.export.Dim("window_size")}
+    shapes = tuple(windows if name == "window_gather" else {0: patches} for name in graph.inputs)
     try:
         with torch.no_grad(), quiet_torch_export():
             program = torch.onnx.export(graph, sample, dynamo=True, opset_version=18,

@@ -3,8 +3,8 @@ Qwen2-VL's layout with a different tower: RMSNorm and a gated MLP in the blocks,
 attention (windows of `window_size` px, 112 = 4x4 merged tokens) in every layer but the
 `fullatt_block_indexes` ones. transformers reorders the patches window by window (at merge-unit
 granularity) before the blocks and back after the merger; mmedge's runtime does both reorders
-(mmedge.vision.layouts.qwen2vl) and gives the graph each patch's window id, which becomes the
-windowed layers' attention mask.
+(mmedge.vision.layouts.qwen2vl) and gives the graph the windows as rows of a gather, so the
+windowed layers attend within 64-patch rows instead of computing N x N scores.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from ..context import ExportContext
 from ..qwen_vl import VisionGraph, builder_folder, export_qwen_vl, load_reference, reference_inputs
 
 __all__ = ["export", "load_reference", "reference_inputs"]
-INPUTS = ("patch_tokens", "patch_positions", "window_ids")
+INPUTS = ("patch_tokens", "patch_positions", "window_gather", "window_scatter")
 
 
 def export(ctx: ExportContext) -> None:

@@ -7,7 +7,7 @@ Qwen2VLImageProcessor (its Pillow path), the Qwen-VL processors and models lay a
 2. one run of the vision graph per image: the patch-embedding kernel projects the resized image's
    patches (the Conv3d folded to 2D, see export/qwen_vl.py), the tokens are put in the
    processor's 2x2-merge order (Qwen2.5-VL: then window by window), with each patch's (row,
-   column) and the generation's extras (window ids; Qwen3-VL's position-grid taps);
+   column) and the generation's extras (the attention windows; Qwen3-VL's position-grid taps);
 3. the prompt: each `<|image_pad|>` becomes grid_h * grid_w / merge^2 of them (between the
    template's own <|vision_start|> and <|vision_end|>), and the LLM's positions are M-RoPE's:
    three ids per token (temporal, row, column), the text after an image continuing from the
@@ -37,7 +37,7 @@ GENERATIONS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 # what each generation's vision graph takes (export/qwen_vl.py)
 _INPUTS = {
     "qwen2_vl": ("patch_tokens", "patch_positions"),
-    "qwen2_5_vl": ("patch_tokens", "patch_positions", "window_ids"),
+    "qwen2_5_vl": ("patch_tokens", "patch_positions", "window_gather", "window_scatter"),
     "qwen3_vl": ("patch_tokens", "patch_positions", "pos_index", "pos_weight"),
 }
 
@@ -111,7 +111,7 @@ class QwenVLLayout(ImageLayout):
             for key in ("patch_tokens", "patch_positions"):
                 value = feed[key]
                 feed[key] = value.reshape(len(value) // unit, unit, -1)[index].reshape(value.shape)
-            feed["window_ids"] = window_ids.astype(np.int64)
+            feed["window_gather"], feed["window_scatter"] = window_rows(window_ids)
             plan.grid["window_index"] = index
         if self.generation == "qwen3_vl":
             index, weight = geometry.pos_embed_interpolation(gh, gw, self.merge, self.grid_side)
@@ -158,6 +158,18 @@ def patch_positions(grid_h: int, grid_w: int, merge: int) -> np.ndarray:
     shape = (grid_h // merge, merge, grid_w // merge, merge)
     return np.stack([rows.reshape(shape).transpose(0, 2, 1, 3).ravel(),
                      cols.reshape(shape).transpose(0, 2, 1, 3).ravel()], axis=-1).astype(np.int64)
+
+
+def window_rows(window_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Windows (contiguous runs of equal ids, in window order) as rows of a gather: int64
+    [windows, longest] patch indices padded with N, and each patch's flat slot [N] in it."""
+    n = len(window_ids)
+    starts = np.flatnonzero(np.r_[True, window_ids[1:] != window_ids[:-1]])
+    lengths = np.diff(np.r_[starts, n])
+    valid = np.arange(lengths.max())[None, :] < lengths[:, None]
+    gather = np.full(valid.shape, n, dtype=np.int64)
+    gather[valid] = np.arange(n)             # row-major over the valid slots: patches in order
+    return gather, np.flatnonzero(valid.ravel()).astype(np.int64)
 
 
 def check_max_pixels(max_pixels: Any, factor: int, min_pixels: int) -> int:
