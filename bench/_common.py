@@ -193,7 +193,8 @@ def llama_convert(source_dir: Path, hf_folder: Path, dst: Path, outtype: str,
 
 
 def llama_mtmd(tool_dir: Path, model: Path, mmproj: Path, image: Path, prompt: str, threads: int,
-               new_tokens: int, tokens_per_tile: int, ctx_size: int = 2048) -> dict[str, Any]:
+               new_tokens: int, tokens_per_tile: int, ctx_size: int = 2048,
+               separate_warmup: bool = False) -> dict[str, Any]:
     """One image + prompt through llama.cpp's multimodal CLI (llama-mtmd-cli), stage by stage.
 
     The CLI runs in chat mode on stdin: the image and prompt once as a warm-up, `/clear` (KV cache
@@ -210,7 +211,15 @@ def llama_mtmd(tool_dir: Path, model: Path, mmproj: Path, image: Path, prompt: s
       decode      tokens 2..N.
     Tiles are counted from the encode lines; image tokens are tiles x `tokens_per_tile` (the CLI
     does not log token counts at its default verbosity). Peak RSS is the whole process's (both
-    turns)."""
+    turns).
+
+    `separate_warmup`: the warm-up turn runs in a process of its own (the files stay in the page
+    cache) and the measured turn is the only one of a second process; its peak RSS is that turn's.
+    Needed with Qwen2.5-VL: the CLI keeps its last encoded media batch across turns and looks
+    chunks up in it by the address of chunks freed with the previous turn, so after /clear the
+    measured turn either encodes nothing (the new chunk landed at the old address and took the old
+    embeddings) or aborts on GGML_ASSERT(offset <= batch->output_embd.size()) in
+    mtmd_batch_get_output_embd (llama.cpp 0c1e570, two images in the warm-up)."""
     turn = f"/image {image}\n{prompt}\n"
     argv = [str(tool_dir / "llama-mtmd-cli"), "-m", str(model), "--mmproj", str(mmproj),
             "-t", str(threads), "-tb", str(threads), "-c", str(ctx_size), "-n", str(new_tokens),
@@ -218,7 +227,13 @@ def llama_mtmd(tool_dir: Path, model: Path, mmproj: Path, image: Path, prompt: s
             # (not -lv 4, which would log mtmd's image token counts: the CLI's own lines, the
             # answer included, then go missing from the JSON log)
             "--log-jsonl", "--log-timestamps"]
-    code, out, err, rss = run_process(argv, stdin=turn + "/clear\n" + turn + "/quit\n")
+    if separate_warmup:
+        code, out, err, _ = run_process(argv, stdin=turn + "/quit\n")
+        if code != 0:
+            raise RuntimeError(f"llama-mtmd-cli (warm-up) failed (exit {code}):\n{err[-4000:]}")
+        code, out, err, rss = run_process(argv, stdin=turn + "/quit\n")
+    else:
+        code, out, err, rss = run_process(argv, stdin=turn + "/clear\n" + turn + "/quit\n")
     entries = []
     for line in (out + "\n" + err).splitlines():
         if line.startswith("{"):
@@ -233,7 +248,8 @@ def llama_mtmd(tool_dir: Path, model: Path, mmproj: Path, image: Path, prompt: s
     entries.sort(key=lambda e: e["time"])
     msgs = [e["msg"] for e in entries]
     try:
-        cleared = next(i for i, m in enumerate(msgs) if "Chat history cleared" in m)
+        cleared = 0 if separate_warmup else next(i for i, m in enumerate(msgs)
+                                                 if "Chat history cleared" in m)
         # "\n> " is the CLI's input prompt: before "/image ...", before the text, after the answer
         start, _, end = [i for i in range(cleared, len(msgs)) if msgs[i] == "\n> "][:3]
     except (StopIteration, ValueError):
@@ -246,7 +262,11 @@ def llama_mtmd(tool_dir: Path, model: Path, mmproj: Path, image: Path, prompt: s
                 if e["msg"].startswith("encoding mtmd batch"))
     # The prompt's evaluation ends with a bare "\n" (not a token) after the last tile's encode;
     # every plain (level "none") entry after it up to the next input prompt is one token's piece.
-    last_encode = max(i for i, e in enumerate(turn_entries) if e["msg"].startswith("mtmd batch encoding done"))
+    encodes = [i for i, e in enumerate(turn_entries) if e["msg"].startswith("mtmd batch encoding done")]
+    if not encodes:
+        raise RuntimeError("llama-mtmd-cli: the measured turn encoded no image (it took the warm-up "
+                           "turn's media batch; see separate_warmup)")
+    last_encode = max(encodes)
     eval_end = next(i for i in range(last_encode + 1, len(turn_entries))
                     if turn_entries[i]["level"] == "none" and turn_entries[i]["msg"] == "\n")
     tokens = [e for e in turn_entries[eval_end + 1:] if e["level"] == "none"]

@@ -123,6 +123,51 @@ def build(generation: Generation, out: Path, reference: Path, *, seed: int = 0,
     return out
 
 
+# Qwen2.5-VL-3B-Instruct's vision tower as its config.json has it (the 3B, 7B and 32B share it
+# but for out_hidden_size)
+QWEN2_5_VL_3B_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                            hidden_act="silu", in_channels=3, patch_size=14, spatial_merge_size=2,
+                            temporal_patch_size=2, window_size=112, tokens_per_second=2,
+                            fullatt_block_indexes=[7, 15, 23, 31])
+# Qwen2.5-0.5B-Instruct's language model shape. Its head is 64 wide (32 rotary pairs); the M-RoPE
+# section [16, 24, 24] of Qwen2.5-VL's 128-wide head (64 pairs) is halved to [8, 12, 12].
+QWEN2_5_0_5B_TEXT = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
+                         num_key_value_heads=2, intermediate_size=4864, vocab_size=151936,
+                         tie_word_embeddings=True, rope_theta=1000000.0,
+                         max_position_embeddings=32768, rms_norm_eps=1e-6, hidden_act="silu",
+                         rope_scaling={"rope_type": "default", "mrope_section": [8, 12, 12]})
+
+
+def build_qwen_vl_shaped(out: Path, reference: Path, generation: Generation = "qwen2_5_vl", *,
+                         seed: int = 0) -> Path:
+    """A benchmark-shaped Qwen2.5-VL checkpoint with seeded random weights (speed only: the
+    answers are meaningless), written like `build` into `out`; `reference` is the Qwen3-VL fixture
+    folder (tokenizer and chat template, shared by the Qwen2/2.5/3 families).
+
+    Real-shaped: the vision tower of Qwen2.5-VL-3B-Instruct (`QWEN2_5_VL_3B_VISION`: 32 blocks,
+    1280 wide, gated-SiLU MLP 3420, 16 heads, 14-px patches with a temporal patch of 2, 2x2 merge,
+    112-px windows with full attention in blocks 7/15/23/31) and its processor settings (14-px
+    patches, min_pixels 3136, max_pixels 12845056, CLIP mean/std). A 640x480 frame is resized by
+    smart_resize to 644x476 px: 46x34 = 1564 patches, 23x17 = 391 image tokens after the merger.
+    Not real: the language model. It has Qwen2.5-0.5B-Instruct's shape (`QWEN2_5_0_5B_TEXT`: 896
+    wide, 24 layers, 14 heads / 2 KV heads, MLP 4864, the 151936 vocabulary, tied embeddings,
+    rope_theta 1e6, 32768 positions) with the M-RoPE section halved for its 64-wide head, not
+    Qwen2.5-VL-3B's 2048-wide 36-layer one (which would not export quickly on 2 cores); the merger
+    therefore projects to 896, not 2048. Only `generation="qwen2_5_vl"` exists for now."""
+    if generation != "qwen2_5_vl":
+        raise ValueError(f"build_qwen_vl_shaped: only qwen2_5_vl has a shaped preset, not {generation!r}")
+    text = dict(QWEN2_5_0_5B_TEXT)
+    vision = dict(QWEN2_5_VL_3B_VISION, out_hidden_size=text["hidden_size"])
+    out = build(generation, out, reference, seed=seed, text=text, vision=vision,
+                preprocessor={"min_pixels": 3136, "max_pixels": 12845056})
+    # The top-level config must say the embeddings are tied as well (qwen_vl_config only sets the
+    # text config's flag for this generation); keep config.json consistent with what was saved.
+    config = json.loads((out / "config.json").read_text())
+    if not config.get("tie_word_embeddings", False):
+        raise RuntimeError("build_qwen_vl_shaped: the saved config does not tie the embeddings")
+    return out
+
+
 if __name__ == "__main__":
     import argparse
 
