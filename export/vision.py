@@ -182,6 +182,9 @@ def add_vision_component(ctx, path: Path, io: dict) -> None:
     if ctx.vision_precision != "fp32":
         fp32_path = ctx.workdir / path.name
         path.replace(fp32_path)
+        data = path.with_name(path.name + ".data")   # a tower past 1.5 GB keeps its weights there
+        if data.exists():
+            data.replace(fp32_path.with_name(data.name))
         quantize_vision(fp32_path, path, ctx.vision_precision)
     ctx.manifest.setdefault("components", {})["vision"] = {
         "file": path.name, "precision": ctx.vision_precision,
