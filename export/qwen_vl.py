@@ -44,7 +44,7 @@ from .language_model import export_language_model
 from .onnx_utils import quiet_torch_export
 from .patch_embedding import PATCH_FILE
 from .preprocessing import processor_getter, read_image_processor_config
-from .vision import EXTERNAL_DATA_BYTES, _value_info, add_vision_component
+from .vision import EXTERNAL_DATA_BYTES, value_info, add_vision_component
 
 VISION_FILE = "vision.onnx"
 PROCESSOR_CLASSES = ("Qwen2VLImageProcessor",)
@@ -181,7 +181,7 @@ def trace_vision(graph: VisionGraph, dim: int, out_path: Path, output_names: Seq
                        if v.const_value is not None)
     program.save(out_path, external_data=weight_bytes > EXTERNAL_DATA_BYTES)
     saved = onnx.load(str(out_path), load_external_data=False).graph
-    io = {"inputs": _value_info(saved.input), "outputs": _value_info(saved.output)}
+    io = {"inputs": value_info(saved.input), "outputs": value_info(saved.output)}
     if not all(isinstance(v["shape"][0], str) for v in io["inputs"]):
         raise ExportError(f"the exported vision graph has a static patch axis ({io}); "
                           "this is a bug in mmedge's export, please report it.")

@@ -94,7 +94,7 @@ def num_image_tokens(model: torch.nn.Module) -> int:
     return n - 1 if model.config.vision_feature_select_strategy == "default" else n
 
 
-def _value_info(values) -> list[dict]:
+def value_info(values) -> list[dict]:
     out = []
     for v in values:
         t = v.type.tensor_type
@@ -161,7 +161,7 @@ def trace_image_graph(wrapper: torch.nn.Module, sample: torch.Tensor, out_path: 
     program.save(out_path, external_data=external_data)
 
     graph = onnx.load(str(out_path), load_external_data=False).graph
-    io = {"inputs": _value_info(graph.input), "outputs": _value_info(graph.output)}
+    io = {"inputs": value_info(graph.input), "outputs": value_info(graph.output)}
     shapes = [io["inputs"][0]["shape"], io["outputs"][0]["shape"]] if graph.input and graph.output else []
     if len(shapes) != 2 or not all(isinstance(s[0], str) for s in shapes):
         raise ExportError(f"the exported vision graph has a static batch dim ({io}); "

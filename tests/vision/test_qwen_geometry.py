@@ -313,3 +313,9 @@ def test_fixture_geometry_is_qwen3_4b():
     index, weight = qg.pos_embed_interpolation(30, 40, vision["spatial_merge_size"], side)
     assert cos.shape == (1200, 64) and index.max() < side * side
     np.testing.assert_allclose(weight.sum(0), 1, atol=1e-6)
+
+
+@pytest.mark.parametrize("grid", [(2, 2), (6, 10), (34, 46)])
+def test_patch_positions_equal_get_vision_position_ids(grid):
+    expected = vision_utils.get_vision_position_ids(torch.tensor([[1, *grid]]), 2).numpy()
+    np.testing.assert_array_equal(qg.patch_positions(*grid, 2), expected)

@@ -104,13 +104,11 @@ class QwenVLLayout(ImageLayout):
         _, gh, gw = plan.grid["thw"]
         tokens = vision_input.embed_resized(plan.tiles[0], h, w)          # row-major patches
         feed = {"patch_tokens": geometry.merge_order(tokens, gh, gw, self.merge),
-                "patch_positions": patch_positions(gh, gw, self.merge)}
+                "patch_positions": geometry.patch_positions(gh, gw, self.merge)}
         if self.generation == "qwen2_5_vl":
             index, window_ids = geometry.window_index(gh, gw, self.merge, self.window_size, self.patch)
-            unit = self.merge * self.merge
             for key in ("patch_tokens", "patch_positions"):
-                value = feed[key]
-                feed[key] = value.reshape(len(value) // unit, unit, -1)[index].reshape(value.shape)
+                feed[key] = geometry.window_permute(feed[key], index, self.merge)
             feed["window_gather"], feed["window_scatter"] = window_rows(window_ids)
             plan.grid["window_index"] = index
         if self.generation == "qwen3_vl":
@@ -149,15 +147,6 @@ class QwenVLLayout(ImageLayout):
         """M-RoPE position ids [3, len(ids)] of a prompt whose images have `plans`."""
         return geometry.rope_positions(ids, [plan.grid["thw"] for plan in plans],
                                        self.image_token_id, self.merge)
-
-
-def patch_positions(grid_h: int, grid_w: int, merge: int) -> np.ndarray:
-    """Each patch's (row, column) in the processor's merge order, int64 [grid_h * grid_w, 2]
-    (transformers' get_vision_position_ids for one image)."""
-    rows, cols = np.meshgrid(np.arange(grid_h), np.arange(grid_w), indexing="ij")
-    shape = (grid_h // merge, merge, grid_w // merge, merge)
-    return np.stack([rows.reshape(shape).transpose(0, 2, 1, 3).ravel(),
-                     cols.reshape(shape).transpose(0, 2, 1, 3).ravel()], axis=-1).astype(np.int64)
 
 
 def window_rows(window_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

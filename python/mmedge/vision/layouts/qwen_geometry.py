@@ -122,6 +122,12 @@ def _block_coords(grid_h: int, grid_w: int, merge: int) -> tuple[np.ndarray, np.
     return merge_order(rows.reshape(-1), grid_h, grid_w, merge), merge_order(cols.reshape(-1), grid_h, grid_w, merge)
 
 
+def patch_positions(grid_h: int, grid_w: int, merge: int) -> np.ndarray:
+    """Each patch's (row, column), int64 [grid_h*grid_w, 2], in merge order: what the vision
+    graph turns into its rotary tables (`get_vision_position_ids` for one image)."""
+    return np.stack(_block_coords(grid_h, grid_w, merge), axis=-1)
+
+
 def vision_rotary(grid_h: int, grid_w: int, merge: int, head_dim: int,
                   theta: float = 10000.0) -> tuple[np.ndarray, np.ndarray]:
     """(cos, sin) float32 [grid_h*grid_w, head_dim] of the vision attention's 2-D rotary for one
