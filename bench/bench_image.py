@@ -63,6 +63,8 @@ from _common import (export_once, find_tool, fmt, llama_convert, llama_mtmd,  # 
                      serve_worker)
 
 PROMPT = "Describe this image briefly."
+# the transformers workers' one user turn (an image, then the prompt), as the chat template takes it
+MESSAGES = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}]
 CONFIGS = (("fp32", "int4"), ("int8", "int4"), ("int8", "int8"))  # (vision, decoder) precision
 # Qwen2.5-VL: the int4 decoder with the fp32 and the int8 tower (an int8 decoder adds little for
 # an image-bound TTFT and another 3 GB export).
@@ -107,14 +109,13 @@ def _transformers_worker(spec: dict[str, Any]) -> dict[str, Any]:
     cls = Idefics3ForConditionalGeneration if smolvlm else LlavaForConditionalGeneration
     model = cls.from_pretrained(spec["folder"], dtype=torch.float32).eval()
     config = model.config
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}]
     new_tokens = spec["new_tokens"]
 
     @torch.inference_mode()
     def run() -> dict[str, Any]:
         started = time.perf_counter()
         image = Image.open(spec["image"]).convert("RGB")
-        text = processor.apply_chat_template(messages, add_generation_prompt=True)
+        text = processor.apply_chat_template(MESSAGES, add_generation_prompt=True)
         inputs = processor(images=image, text=text, return_tensors="pt")
         t_pre = time.perf_counter()
         if smolvlm:  # pixel_values [1, tiles, 3, 512, 512]: all tiles in one batch
@@ -171,14 +172,13 @@ def _transformers_qwen_worker(spec: dict[str, Any]) -> dict[str, Any]:
                                            if k not in ("image_processor_type", "processor_class")})
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
     merge = model.config.vision_config.spatial_merge_size
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}]
     new_tokens = spec["new_tokens"]
 
     @torch.inference_mode()
     def run() -> dict[str, Any]:
         started = time.perf_counter()
         image = Image.open(spec["image"]).convert("RGB")
-        text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+        text = tokenizer.apply_chat_template(MESSAGES, chat_template=template, tokenize=False,
                                              add_generation_prompt=True)
         vision = processor(images=[image], return_tensors="pt")
         grid = vision["image_grid_thw"]
