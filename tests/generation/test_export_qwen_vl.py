@@ -230,11 +230,16 @@ def test_mismatched_grid_metadata_is_refused(exported, tmp_path):
     _, _, bundle, _, _ = exported
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["image"]["vision_inputs"] = ["patch_tokens"]
-    (copy / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match="vision inputs"):
-        mmedge.load(copy, device="cpu", verify=False)
+    original = json.loads((copy / "manifest.json").read_text())
+    for change, message in (({"vision_inputs": ["patch_tokens"]}, "vision inputs"),
+                            ({"patch_size": 16 if original["image"]["patch_size"] == 14 else 14},
+                             "patch embedding's"),
+                            ({"max_pixels": 100}, "min/max pixels")):
+        manifest = json.loads(json.dumps(original))
+        manifest["image"].update(change)
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(BundleError, match=message):
+            mmedge.load(copy, device="cpu", verify=False)
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8", "int4"])

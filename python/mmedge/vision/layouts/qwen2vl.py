@@ -72,6 +72,13 @@ class QwenVLLayout(ImageLayout):
                               f"{self.patch}, merge_size {self.merge}, window_size {self.window_size}, "
                               f"num_grid_per_side {self.grid_side}); re-run `mmedge export`.")
         self.factor = self.patch * self.merge
+        embedding = spec.get("patch_embedding") or {}
+        if embedding.get("patch_size") != self.patch or self.max_pixels < self.factor ** 2 \
+                or self.min_pixels > self.max_pixels:
+            raise BundleError(f"the manifest's Qwen-VL grid metadata is inconsistent (patch_size "
+                              f"{self.patch} but the patch embedding's {embedding.get('patch_size')!r:.20}; "
+                              f"min/max pixels {self.min_pixels}/{self.max_pixels} for "
+                              f"{self.factor}x{self.factor}-px merged patches); re-run `mmedge export`.")
         if max_pixels is not None:
             self.max_pixels = check_max_pixels(max_pixels, self.factor, self.min_pixels)
 
