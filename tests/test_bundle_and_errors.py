@@ -292,10 +292,12 @@ def test_a_component_naming_another_components_graph_is_refused(copy, verify):
 
 
 @pytest.mark.parametrize("layers, words", [(3, "lacks past_key_values.2.key, past_key_values.2.value"),
+                                           (2 ** 31, "lacks past_key_values.2.key"),
                                            (1, "no more than 2 past_key_values inputs")])
 def test_decoder_layer_count_must_match_the_graph(copy, layers, words):
     """A count above the graph's bound cache inputs that do not exist (an ONNX Runtime error at the
-    first token); below it, leaves inputs unbound."""
+    first token); below it, leaves inputs unbound. 2**31: the fuzzer's finding (the check once
+    listed that many input names and ran out of memory)."""
     manifest = _manifest(copy)
     manifest["decoder"]["num_layers"] = layers
     (copy / "manifest.json").write_text(json.dumps(manifest))
