@@ -31,7 +31,7 @@ if [ "$(cat "$VENV/.mmedge-stamp" 2>/dev/null)" = "$stamp" ] && "$VENV/bin/pytho
   echo "[setup] mmedge is up to date in $VENV (sources unchanged since the last install)"
 else
   echo "[setup] building and installing mmedge (C++/CUDA extension: MMEDGE_CUDA=${MMEDGE_CUDA:-AUTO})"
-  "${PIP[@]}" --no-build-isolation "$ROOT[export,test]"
+  "${PIP[@]}" --no-build-isolation "$ROOT[export,serve,test]"
   echo "$stamp" > "$VENV/.mmedge-stamp"
 fi
 export PATH="$VENV/bin:$PATH"

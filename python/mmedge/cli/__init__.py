@@ -5,6 +5,7 @@
     inspect.py   info, bench                 (info.py: what a bundle holds)
     clip.py      classify, embed, index, search
     evaluate.py  eval
+    serve.py     serve                       (the HTTP server: mmedge.serve)
     common.py    options and loading shared by every command
 
 Errors a user can fix are printed as one message on a line of its own (no traceback), exit status 2.
@@ -17,7 +18,7 @@ import sys
 from typing import Callable, Sequence
 
 from mmedge import __version__
-from mmedge.cli import clip, evaluate, export, generate, inspect
+from mmedge.cli import clip, evaluate, export, generate, inspect, serve
 from mmedge.cli.common import EXAMPLES
 from mmedge.errors import MMEdgeError
 
@@ -32,7 +33,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     parser.add_argument("--version", action="version", version=f"mmedge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands: dict[str, Callable] = {}
-    for group in (export, generate, inspect, clip, evaluate):
+    for group in (export, generate, inspect, clip, evaluate, serve):
         commands.update(group.register(sub))
     return parser, commands
 

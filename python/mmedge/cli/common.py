@@ -23,6 +23,7 @@ EXAMPLES = """examples:
   mmedge index clip/ photos.sqlite photos/ && mmedge search clip/ photos.sqlite "a red door"
   mmedge export mmedge-tiny-vlm -o tiny-vlm/ --quant int4   # mmedge's own reference VLM
   mmedge eval tiny-vlm/ --scenes 50                   # accuracy on held-out generated scenes
+  mmedge serve tiny-vlm/ tiny-clip/                   # OpenAI-compatible API + chat page on :8080
 """
 
 # Commands that need a CLIP/SigLIP bundle; every other bundle command needs a (V)LM.
