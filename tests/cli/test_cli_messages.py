@@ -24,7 +24,7 @@ def llm_bundle(tmp_path_factory):
 
 
 @pytest.mark.parametrize("command", ["export", "run", "chat", "info", "bench", "classify", "embed",
-                                     "index", "search", "eval"])
+                                     "index", "search", "eval", "serve"])
 def test_every_command_has_examples_in_its_help(command, capsys):
     with pytest.raises(SystemExit) as done:
         main([command, "--help"])
@@ -91,4 +91,4 @@ def test_an_explicit_cuda_request_that_cannot_be_met_is_loud(llm_bundle, capsys)
 def test_parser_builds_every_command():
     parser, commands = build_parser()
     assert set(commands) == {"export", "run", "chat", "info", "bench", "classify", "embed", "index",
-                             "search", "eval"}
+                             "search", "eval", "serve"}
