@@ -353,6 +353,16 @@ def test_the_cli_binds_to_loopback_by_default():
     assert (args.host, args.port, args.parallel, args.api_key, args.cors) == ("127.0.0.1", 8080, 1, None, [])
 
 
+@pytest.mark.parametrize("argv, words", [
+    (["--port", "70000"], "a port is a number"), (["--parallel", "0"], "at least 1"),
+    (["--timeout", "0"], "above 0"), (["--allow-path", "/no/such/folder"], "no such folder")])
+def test_the_cli_refuses_bad_options_before_loading(argv, words, capsys):
+    from mmedge.cli import main
+
+    assert main(["serve", "bundle/", *argv]) == 2
+    assert words in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------- slots, queue, time limits
 
 LONG = dict(max_tokens=4000, extra_body={"ignore_eos": True})

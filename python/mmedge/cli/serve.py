@@ -69,6 +69,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     for folder in args.allow_path:
         if not os.path.isdir(folder):
             raise MMEdgeError(f"--allow-path {folder}: no such folder.")
+    if not 0 <= args.port <= 65535:
+        raise MMEdgeError(f"--port {args.port}: a port is a number from 1 to 65535 (8080 by default).")
     if args.max_body_mb < 1 or args.parallel < 1 or args.queue < 0 or args.timeout <= 0:
         raise MMEdgeError("--max-body-mb and --parallel must be at least 1, --queue at least 0, "
                           "--timeout above 0.")

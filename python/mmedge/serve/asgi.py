@@ -88,53 +88,66 @@ def create_app(models: Mapping[str, Any] | Sequence[Any], *, parallel: int = 1, 
                     job.cancel()
                     raise _ClientGone() from None
 
-    async def chat_completions(request: Request) -> Response:
-        received = time.monotonic()
-        outcome = "200"
+    def counted(endpoint: str):
+        """A handler whose outcome is counted in `mmedge_requests` (499: the client went away)."""
+        def wrap(handler):
+            async def counted_handler(request: Request) -> Response:
+                outcome = "500"
+                try:
+                    response = await handler(request, time.monotonic())
+                    outcome = str(response.status_code)
+                    return response
+                except ApiError as e:
+                    outcome = str(e.status)
+                    raise
+                except _ClientGone:
+                    outcome = "499"
+                    return Response(status_code=499)
+                finally:
+                    metrics.requests.labels(getattr(request.state, "model", "-"), endpoint, outcome).inc()
+            return counted_handler
+        return wrap
+
+    async def start(served, job: Job, work: Callable[[], None], request: Request) -> Any:
+        """Queue `work` on the model's runner and wait for its first event (an error raised)."""
         try:
-            parsed = parse_chat_request(await read_json(request), allowed)
-            served = registry.pick(parsed.model, "chat")
-            request.state.model = served.name
-            job = Job(asyncio.get_running_loop(), received + timeout)
-            try:
-                def stopped(reason: str) -> None:
-                    metrics.cancelled.labels(served.name, reason).inc()
-
-                served.runner.submit(lambda: chat.generate_in_worker(served.model, parsed, job,
-                                                                     received, stopped))
-            except ApiError:
-                metrics.rejected.labels(served.name).inc()
-                raise
-            kind, value = await next_event(job, request)
-            if kind == "error":
-                raise value
-            queued_s = value
-            answer = chat.Answer(served.name, chat.fingerprint(served.model))
-            if parsed.stream:
-                def done(stats):
-                    _count(served.name, stats, received, queued_s)
-                    metrics.latency.labels(served.name, "chat").observe(time.monotonic() - received)
-
-                stream = chat.event_stream(job, answer, served.model, parsed, queued_s, done)
-                return StreamingResponse(stream, media_type="text/event-stream",
-                                         headers={"Cache-Control": "no-cache",
-                                                  "X-Accel-Buffering": "no"})
-            body, stats = await chat.completion(job, answer, served.model, parsed, queued_s,
-                                                lambda: next_event(job, request))
-            _count(served.name, stats, received, queued_s)
-            metrics.latency.labels(served.name, "chat").observe(time.monotonic() - received)
-            return JSONResponse(body)
-        except ApiError as e:
-            outcome = str(e.status)
+            served.runner.submit(work)
+        except ApiError:
+            metrics.rejected.labels(served.name).inc()
             raise
-        except _ClientGone:
-            outcome = "499"
-            return Response(status_code=499)
-        finally:
-            name = parsed_model(request)
-            metrics.requests.labels(name, "chat", outcome).inc()
+        kind, value = await next_event(job, request)
+        if kind == "error":
+            raise value
+        return value
 
-    def _count(name: str, stats: Any, received: float, queued_s: float) -> None:
+    @counted("chat")
+    async def chat_completions(request: Request, received: float) -> Response:
+        parsed = parse_chat_request(await read_json(request), allowed)
+        served = registry.pick(parsed.model, "chat")
+        request.state.model = served.name
+        job = Job(asyncio.get_running_loop(), received + timeout)
+
+        def stopped(reason: str) -> None:
+            metrics.cancelled.labels(served.name, reason).inc()
+
+        queued_s = await start(served, job, lambda: chat.generate_in_worker(
+            served.model, parsed, job, received, stopped), request)
+        answer = chat.Answer(served.name, chat.fingerprint(served.model))
+
+        def done(stats):
+            _count(served.name, stats, queued_s)
+            metrics.latency.labels(served.name, "chat").observe(time.monotonic() - received)
+
+        if parsed.stream:
+            stream = chat.event_stream(job, answer, served.model, parsed, queued_s, done)
+            return StreamingResponse(stream, media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        body, stats = await chat.completion(job, answer, served.model, parsed, queued_s,
+                                            lambda: next_event(job, request))
+        done(stats)
+        return JSONResponse(body)
+
+    def _count(name: str, stats: Any, queued_s: float) -> None:
         metrics.prompt_tokens.labels(name).inc(stats.prompt_tokens)
         metrics.reused_tokens.labels(name).inc(stats.reused_tokens)
         metrics.generated_tokens.labels(name).inc(stats.new_tokens)
@@ -143,41 +156,24 @@ def create_app(models: Mapping[str, Any] | Sequence[Any], *, parallel: int = 1, 
         if stats.decode_tok_s:
             metrics.decode_speed.labels(name).set(stats.decode_tok_s)
 
-    async def create_embeddings(request: Request) -> Response:
-        received = time.monotonic()
-        outcome = "200"
-        try:
-            parsed = embeddings.parse_embedding_request(await read_json(request), allowed)
-            served = registry.pick(parsed.model, "embeddings")
-            request.state.model = served.name
-            job = Job(asyncio.get_running_loop(), received + timeout)
+    @counted("embeddings")
+    async def create_embeddings(request: Request, received: float) -> Response:
+        parsed = embeddings.parse_embedding_request(await read_json(request), allowed)
+        served = registry.pick(parsed.model, "embeddings")
+        request.state.model = served.name
+        job = Job(asyncio.get_running_loop(), received + timeout)
 
-            def work():
-                if job.cancelled.is_set():
-                    return
-                try:
-                    job.post("done", embeddings.embed(served.model, parsed))
-                except Exception as e:   # noqa: BLE001 - an MMEdgeError is the client's; others are logged
-                    job.post("error", _runtime_error(e, "input"))
-
+        def work():
+            if job.cancelled.is_set():
+                return
             try:
-                served.runner.submit(work)
-            except ApiError:
-                metrics.rejected.labels(served.name).inc()
-                raise
-            kind, value = await next_event(job, request)
-            if kind == "error":
-                raise value
-            metrics.latency.labels(served.name, "embeddings").observe(time.monotonic() - received)
-            return JSONResponse(embeddings.response(served.name, parsed, *value))
-        except ApiError as e:
-            outcome = str(e.status)
-            raise
-        except _ClientGone:
-            outcome = "499"
-            return Response(status_code=499)
-        finally:
-            metrics.requests.labels(parsed_model(request), "embeddings", outcome).inc()
+                job.post("done", embeddings.embed(served.model, parsed))
+            except Exception as e:   # noqa: BLE001 - an MMEdgeError is the client's; others are logged
+                job.post("error", _runtime_error(e, "input"))
+
+        vectors, tokens = await start(served, job, work, request)
+        metrics.latency.labels(served.name, "embeddings").observe(time.monotonic() - received)
+        return JSONResponse(embeddings.response(served.name, parsed, vectors, tokens))
 
     async def list_models(request: Request) -> Response:
         return JSONResponse({"object": "list",
@@ -224,11 +220,6 @@ def create_app(models: Mapping[str, Any] | Sequence[Any], *, parallel: int = 1, 
     app.state.registry = registry
     app.state.metrics = metrics
     return app
-
-
-def parsed_model(request: Request) -> str:
-    """The metrics label for a request: its model once known, else "-"."""
-    return getattr(request.state, "model", "-")
 
 
 def _too_large(limit: int) -> ApiError:
