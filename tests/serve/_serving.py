@@ -25,6 +25,13 @@ def scene_png(index: int = 0) -> bytes:
     return out.getvalue()
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now (for a server in another process)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Server:
     """A real uvicorn server on 127.0.0.1 in a background thread, serving `app`."""
 

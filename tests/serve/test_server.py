@@ -23,7 +23,7 @@ from mmedge.cli import build_parser
 from mmedge.export import export_model
 from mmedge.models.tiny import build_tiny_llm
 
-from _serving import Server, data_url, scene_png, serving
+from _serving import Server, data_url, free_port, scene_png, serving
 
 QUESTION = "What color is the star?"
 
@@ -471,13 +471,10 @@ def test_the_cli_serves_and_refuses_a_missing_bundle(bundles, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "mmedge", "serve", str(tmp_path / "nothing"),
                               "--port", "0"], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "error:" in missing.stderr and "nothing" in missing.stderr
-    port = Server.__new__(Server)   # a free port, taken from a socket bound to port 0
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
+    log = (tmp_path / "serve.log").open("w")   # not a pipe: nobody reads it while the server runs
     proc = subprocess.Popen([sys.executable, "-m", "mmedge", "serve", f"clip={bundles['tiny-clip']}",
-                             "--port", str(port), "--api-key", "k"], stderr=subprocess.PIPE, text=True)
+                             "--port", str(port), "--api-key", "k"], stderr=log)
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -492,7 +489,8 @@ def test_the_cli_serves_and_refuses_a_missing_bundle(bundles, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    assert proc.returncode in (0, -15)
+        log.close()
+    assert proc.returncode in (0, -15), (tmp_path / "serve.log").read_text()
 
 
 def test_base64_embeddings_decode_to_float32(server, loaded):
